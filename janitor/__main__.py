@@ -1,0 +1,5 @@
+"""Entry point for ``python -m janitor``."""
+
+from janitor.cli import main
+
+main()
