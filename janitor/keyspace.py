@@ -1,0 +1,235 @@
+"""Every Redis key name of RQ (1.16 to 3.x) and of the janitor, and how to read them back.
+
+This is the only module that knows key templates. RQ builds all of its names as
+``<prefix>:<kind>:<name>`` with prefix ``rq`` (RQ 3 takes ``RQ_KEY_PREFIX``), except for
+the dependencies set, whose template has a double colon in every version:
+``rq:job::<id>:dependencies``. Keys are ``bytes`` because job ids and queue names are
+free-form before RQ 2.8 and the client is a bytes client.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import cast
+
+import redis
+
+JANITOR_PREFIX = "janitor"
+"""The janitor's own keys live under this prefix, never under RQ's."""
+
+
+def to_bytes(value: str | bytes) -> bytes:
+    """Encode a name for use in a key (UTF-8, as redis-py would)."""
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def to_text(value: bytes | str) -> str:
+    """Decode a name read from Redis for logs and globs; undecodable bytes are escaped."""
+    if isinstance(value, str):
+        return value
+    return value.decode("utf-8", errors="backslashreplace")
+
+
+class Layout(enum.Enum):
+    """The generation of RQ's data layout found in a database."""
+
+    RQ1 = "1.x"
+    RQ2 = "2.x"
+    RQ3 = "3.x"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Keyspace:
+    """Builds RQ's key names for one key prefix (``[rq] key_prefix``)."""
+
+    prefix: str = "rq"
+
+    def _key(self, *parts: str | bytes) -> bytes:
+        return b":".join([to_bytes(self.prefix), *(to_bytes(part) for part in parts)])
+
+    def glob(self, *parts: str) -> bytes:
+        """A SCAN pattern under RQ's prefix, e.g. ``glob("results", "*")``."""
+        return self._key(*parts)
+
+    # -- queues and their registries ------------------------------------------------
+    def queues(self) -> bytes:
+        """``rq:queues``: the set of queue keys RQ knows."""
+        return self._key("queues")
+
+    def queue(self, name: str | bytes) -> bytes:
+        """``rq:queue:<q>``: the list of queued job ids."""
+        return self._key("queue", name)
+
+    def intermediate(self, name: str | bytes) -> bytes:
+        """``rq:queue:<q>:intermediate``: jobs between dequeue and start (RQ 1.15+)."""
+        return self.queue(name) + b":intermediate"
+
+    def queue_name_from_key(self, key: bytes) -> bytes | None:
+        """Return the queue name of a ``rq:queue:<q>`` member of ``rq:queues``, else None."""
+        head = self._key("queue", "")
+        return (
+            key[len(head) :] if key.startswith(head) and len(key) > len(head) else None
+        )
+
+    def started(self, name: str | bytes) -> bytes:
+        """``rq:wip:<q>``: the started registry."""
+        return self._key("wip", name)
+
+    def finished(self, name: str | bytes) -> bytes:
+        """``rq:finished:<q>``: the finished registry."""
+        return self._key("finished", name)
+
+    def failed(self, name: str | bytes) -> bytes:
+        """``rq:failed:<q>``: the failed registry (failed and stopped jobs)."""
+        return self._key("failed", name)
+
+    def canceled(self, name: str | bytes) -> bytes:
+        """``rq:canceled:<q>``: the canceled registry (RQ 1.10+)."""
+        return self._key("canceled", name)
+
+    def deferred(self, name: str | bytes) -> bytes:
+        """``rq:deferred:<q>``: jobs waiting on dependencies."""
+        return self._key("deferred", name)
+
+    def scheduled(self, name: str | bytes) -> bytes:
+        """``rq:scheduled:<q>``: jobs waiting for their time."""
+        return self._key("scheduled", name)
+
+    def ready(self, name: str | bytes) -> bytes:
+        """``rq:ready:<q>``: RQ 3's ready-to-enqueue registry."""
+        return self._key("ready", name)
+
+    def cleaning_marker(self, name: str | bytes) -> bytes:
+        """``rq:clean_registries:<q>``: the workers' maintenance lock for a queue."""
+        return self._key("clean_registries", name)
+
+    # -- jobs -------------------------------------------------------------------------
+    def job(self, job_id: str | bytes) -> bytes:
+        """``rq:job:<id>``: the job hash."""
+        return self._key("job", job_id)
+
+    def dependents(self, job_id: str | bytes) -> bytes:
+        """``rq:job:<id>:dependents``: ids of the jobs waiting on this one."""
+        return self.job(job_id) + b":dependents"
+
+    def dependencies(self, job_id: str | bytes) -> bytes:
+        """``rq:job::<id>:dependencies``: ids this job waits on (RQ's double colon)."""
+        return self._key("job", "", job_id) + b":dependencies"
+
+    def results(self, job_id: str | bytes) -> bytes:
+        """``rq:results:<id>``: the job's result stream (RQ 1.12+)."""
+        return self._key("results", job_id)
+
+    def executions(self, job_id: str | bytes) -> bytes:
+        """``rq:executions:<id>``: the job's execution registry (RQ 2.0+)."""
+        return self._key("executions", job_id)
+
+    def execution(self, job_id: str | bytes, execution_id: str | bytes) -> bytes:
+        """``rq:execution:<id>:<exec>``: one execution's hash (RQ 2.0+)."""
+        return self._key("execution", job_id, execution_id)
+
+    def group(self, name: str | bytes) -> bytes:
+        """``rq:group:<name>``: a group's set of job ids (RQ 2.0+)."""
+        return self._key("group", name)
+
+    # -- workers ----------------------------------------------------------------------
+    def worker(self, name: str | bytes) -> bytes:
+        """``rq:worker:<w>``: a worker's hash."""
+        return self._key("worker", name)
+
+    def workers(self, queue: str | bytes | None = None) -> bytes:
+        """``rq:workers`` or, for a queue, ``rq:workers:<q>``: sets of worker keys."""
+        return self._key("workers") if queue is None else self._key("workers", queue)
+
+    def worker_executions(self, name: str | bytes) -> bytes:
+        """``rq:worker:<w>:executions``: RQ 3's set of a worker's executions."""
+        return self.worker(name) + b":executions"
+
+    # -- members ----------------------------------------------------------------------
+    @staticmethod
+    def started_member(job_id: bytes, execution_id: bytes | None) -> bytes:
+        """The started-registry member of a job: ``<id>`` (1.x) or ``<id>:<exec>`` (2.0+)."""
+        return job_id if execution_id is None else job_id + b":" + execution_id
+
+    @staticmethod
+    def parse_started_member(
+        member: bytes, layout: Layout
+    ) -> tuple[bytes, bytes | None]:
+        """Split a started-registry member into job id and execution id.
+
+        RQ 1.x stores the plain id, which may itself contain ``:``; from 2.0 on the member
+        is ``<id>:<exec>``, split on the last colon as RQ's ``parse_composite_key`` does.
+        """
+        if layout in (Layout.RQ1, Layout.UNKNOWN) or b":" not in member:
+            return member, None
+        job_id, _, execution_id = member.rpartition(b":")
+        return job_id, execution_id
+
+    # -- the janitor's own keys -------------------------------------------------------
+    @staticmethod
+    def janitor_key(*parts: str) -> bytes:
+        """A key of the janitor's own state, ``janitor:<parts>``."""
+        return ":".join([JANITOR_PREFIX, *parts]).encode()
+
+
+def iter_queue_names(
+    client: redis.Redis, keys: Keyspace, *, count: int = 1000
+) -> Iterable[bytes]:
+    """Yield the names of the queues listed in ``rq:queues`` (SSCAN, no duplicates kept)."""
+    seen: set[bytes] = set()
+    for member in client.sscan_iter(keys.queues(), count=count):
+        name = keys.queue_name_from_key(cast("bytes", member))
+        if name is not None and name not in seen:
+            seen.add(name)
+            yield name
+
+
+def _any_key(
+    client: redis.Redis, pattern: bytes, *, type_: str | None, max_calls: int
+) -> bool:
+    """Return whether SCAN finds a key matching ``pattern`` within ``max_calls`` calls."""
+    cursor = 0
+    for _ in range(max_calls):
+        cursor, found = client.scan(
+            cursor=cursor, match=pattern, count=1000, _type=type_
+        )
+        if found:
+            return True
+        if cursor == 0:
+            return False
+    return False
+
+
+def detect_layout(
+    client: redis.Redis, keys: Keyspace, *, max_scan_calls: int = 50
+) -> Layout:
+    """Guess RQ's data layout from live evidence, reading only (for ``janitor check``).
+
+    Worker hashes carry RQ's ``version``; without workers, RQ 3's ready registries mean
+    3.x, an ``executions`` key means 2.x or later, and any other RQ key means 1.x. The
+    SCANs are bounded, so on a huge keyspace the answer may be ``unknown``.
+    """
+    majors: list[int] = []
+    for worker_key in client.sscan_iter(keys.workers(), count=100):
+        raw = client.hget(cast("bytes", worker_key), "version")
+        head = to_text(cast("bytes", raw)).split(".", 1)[0] if raw else ""
+        if head.isdigit():
+            majors.append(int(head))
+        if len(majors) >= 5:  # noqa: PLR2004 - a few agreeing workers are evidence enough
+            break
+    if majors:
+        return {1: Layout.RQ1, 2: Layout.RQ2}.get(max(majors), Layout.RQ3)
+    if _any_key(
+        client, keys.glob("ready", "*"), type_="zset", max_calls=max_scan_calls
+    ):
+        return Layout.RQ3
+    if _any_key(
+        client, keys.glob("executions", "*"), type_="zset", max_calls=max_scan_calls
+    ):
+        return Layout.RQ2
+    if _any_key(client, keys.glob("*"), type_=None, max_calls=max_scan_calls):
+        return Layout.RQ1
+    return Layout.UNKNOWN

@@ -1,0 +1,271 @@
+"""Task ``expire_jobs``: plan the complete deletion of terminal jobs past their retention."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import cast
+
+from janitor.actions import Action, DeleteJob, Skip
+from janitor.jobs import (
+    JOB_FIELDS,
+    FieldError,
+    JobFields,
+    entered_failed_registry,
+)
+from janitor.keyspace import iter_queue_names, to_text
+from janitor.policy import Retention, retention_for
+from janitor.tasks.base import TaskContext
+
+NAME = "expire_jobs"
+
+REGISTRIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("finished", ("finished",)),
+    ("failed", ("failed", "stopped")),
+    ("canceled", ("canceled",)),
+)
+"""Each terminal registry and the job statuses RQ keeps in it."""
+
+MAX_CHILDREN_CHECKED = 100
+"""A parent with more dependents than this is kept rather than read child by child."""
+
+CapBoundary = tuple[float, bytes]
+"""The (score, member) of the newest entry *beyond* a keep_last cap is at or below this."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """One registry entry and what the read pipeline returned for its job."""
+
+    job_id: bytes
+    raw_score: bytes
+    fields: object
+    dependents: object
+    executions: object
+
+
+@dataclass(frozen=True, slots=True)
+class _Registry:
+    """One terminal registry of one queue, with the retention of each state in it."""
+
+    queue: bytes
+    name: str
+    kind: str
+    key: bytes
+    retentions: Mapping[str, Retention]
+
+
+class ExpireJobs:
+    """Deletes finished, failed, stopped and canceled jobs older than their retention."""
+
+    name = NAME
+
+    def plan(self, ctx: TaskContext) -> Iterator[Action | Skip]:
+        """Yield a ``job_deleted`` action per terminal job past its age rule or cap."""
+        for queue in iter_queue_names(ctx.client, ctx.keys):
+            name = to_text(queue)
+            if not ctx.allows_queue(name):
+                continue
+            for kind, statuses in REGISTRIES:
+                key = cast("bytes", getattr(ctx.keys, kind)(queue))
+                retentions = {
+                    s: retention_for(ctx.settings.retention, name, s) for s in statuses
+                }
+                yield from self._plan_registry(
+                    ctx, _Registry(queue, name, kind, key, retentions)
+                )
+
+    def _plan_registry(
+        self, ctx: TaskContext, reg: _Registry
+    ) -> Iterator[Action | Skip]:
+        caps = _cap_boundaries(ctx, reg)
+        cursor = 0
+        while True:
+            cursor, page = ctx.client.zscan(
+                reg.key, cursor, count=ctx.page_size, score_cast_func=bytes
+            )
+            if page:
+                yield from self._plan_page(
+                    ctx, reg, caps, cast("list[tuple[bytes, bytes]]", page)
+                )
+            if cursor == 0:
+                return
+
+    def _plan_page(
+        self,
+        ctx: TaskContext,
+        reg: _Registry,
+        caps: Mapping[str, CapBoundary],
+        page: Sequence[tuple[bytes, bytes]],
+    ) -> Iterator[Action | Skip]:
+        pipe = ctx.client.pipeline(transaction=False)
+        for job_id, _ in page:
+            pipe.hmget(ctx.keys.job(job_id), JOB_FIELDS)
+            pipe.scard(ctx.keys.dependents(job_id))
+            pipe.zrange(ctx.keys.executions(job_id), 0, -1)
+        replies = pipe.execute(raise_on_error=False)
+        for index, (job_id, raw_score) in enumerate(page):
+            fields, dependents, executions = replies[3 * index : 3 * index + 3]
+            yield from self._plan_job(
+                ctx,
+                reg,
+                caps,
+                _Entry(job_id, raw_score, fields, dependents, executions),
+            )
+
+    def _plan_job(  # noqa: PLR0911 - one early return per reason to leave a job alone
+        self,
+        ctx: TaskContext,
+        reg: _Registry,
+        caps: Mapping[str, CapBoundary],
+        entry: _Entry,
+    ) -> Iterator[Action | Skip]:
+        job_id, raw_score = entry.job_id, entry.raw_score
+        where = {"queue": reg.name, "job_id": to_text(job_id), "registry": reg.kind}
+        if any(isinstance(r, Exception) for r in (entry.fields, entry.dependents, entry.executions)):
+            yield Skip(NAME, "a key of the job has the wrong type", where)
+            return
+        job = JobFields.from_reply(job_id, cast("list[bytes | None]", entry.fields))
+        if not job.exists:
+            return  # a dangling registry entry: clean_registries' business, not a job to delete
+        try:
+            status = job.status
+            age = _age(ctx.now, reg.kind, float(raw_score), job)
+        except FieldError as err:
+            yield Skip(NAME, f"unreadable job field: {err}", where)
+            return
+        if status is None:
+            yield Skip(NAME, "job hash has no status", where)
+            return
+        if status not in reg.retentions:
+            return  # re-enqueued or repeating: the job lives on elsewhere
+        if job.raw_origin != reg.queue:
+            yield Skip(NAME, "job origin differs from its registry's queue", where)
+            return
+        if age is None:
+            yield Skip(NAME, "no end time to measure the job's age from", where)
+            return
+        retention = reg.retentions[status]
+        over_age = age >= retention.max_age_s
+        cap = caps.get(status)
+        if not over_age and not (cap is not None and (float(raw_score), job_id) < cap):
+            return
+        dependents = int(cast("int", entry.dependents))
+        if dependents and status != "finished" and _has_waiting_children(ctx, job_id):
+            yield Skip(NAME, "dependents still wait on this job", where)
+            return
+        rule = retention.age_rule if over_age else cast("str", retention.cap_rule)
+        event = {
+            "queue": reg.name,
+            "job_id": to_text(job_id),
+            "status": status,
+            "age_s": int(age),
+            "rule": rule,
+        }
+        write = _delete_write(ctx, reg, job, entry)
+        yield Action(NAME, "job_deleted", event, write)
+
+
+def _age(now: float, kind: str, score: float, job: JobFields) -> float | None:
+    """The job's age from ``ended_at``, else from when RQ put it into its registry."""
+    ended = job.ended_at
+    if ended is None and kind == "canceled" and score >= 0 and not math.isinf(score):
+        ended = score  # the canceled registry is scored by the time of cancellation
+    if ended is None and kind == "failed":
+        ended = entered_failed_registry(score, job.failure_ttl) or job.last_heartbeat
+    return None if ended is None else max(0.0, now - ended)
+
+
+def _delete_write(
+    ctx: TaskContext, reg: _Registry, job: JobFields, entry: _Entry
+) -> DeleteJob:
+    keys, job_id = ctx.keys, job.job_id
+    executions = cast("list[bytes]", entry.executions)
+    statuses = tuple(state.encode() for state in reg.retentions)
+    return DeleteJob(
+        job_id=job_id,
+        job_key=keys.job(job_id),
+        registry=reg.key,
+        started=keys.started(reg.queue),
+        dependents=keys.dependents(job_id),
+        statuses=statuses,
+        origin=reg.queue,
+        ended_at=job.raw_ended_at or b"",
+        score=entry.raw_score,
+        dependents_count=int(cast("int", entry.dependents)),
+        group=keys.group(job.group_id) if job.group_id else None,
+        side_keys=(
+            keys.dependencies(job_id),
+            keys.results(job_id),
+            keys.executions(job_id),
+        ),
+        execution_keys=tuple(keys.execution(job_id, e) for e in executions),
+        started_members=(job_id, *(keys.started_member(job_id, e) for e in executions)),
+    )
+
+
+def _has_waiting_children(ctx: TaskContext, job_id: bytes) -> bool:
+    """Whether a job that did not finish still has a dependent that waits on it.
+
+    Such a child can only ever run if the parent is requeued, so deleting the parent
+    would strand it. More children than ``MAX_CHILDREN_CHECKED`` count as waiting.
+    """
+    children = cast(
+        "list[bytes]",
+        ctx.client.srandmember(ctx.keys.dependents(job_id), MAX_CHILDREN_CHECKED + 1),
+    )
+    if len(children) > MAX_CHILDREN_CHECKED:
+        return True
+    pipe = ctx.client.pipeline(transaction=False)
+    for child in children:
+        pipe.hget(ctx.keys.job(child), "status")
+    statuses = pipe.execute(raise_on_error=False)
+    return any(
+        status is not None
+        and status not in {b"finished", b"failed", b"stopped", b"canceled"}
+        for status in statuses
+    )
+
+
+def _cap_boundaries(ctx: TaskContext, reg: _Registry) -> dict[str, CapBoundary]:
+    """Find, per capped state, the newest registry entry beyond its ``keep_last`` newest.
+
+    Reads the registry newest first (by RQ's score) and only the ``status`` of each job,
+    so memory stays bounded; an entry re-read because the registry shifted is ignored.
+    """
+    wanted = {
+        s: r.keep_last for s, r in reg.retentions.items() if r.keep_last is not None
+    }
+    found: dict[str, CapBoundary] = {}
+    if not wanted:
+        return found
+    counts = dict.fromkeys(wanted, 0)
+    previous: CapBoundary | None = None
+    start = 0
+    while len(found) < len(wanted):
+        page = cast(
+            "list[tuple[bytes, float]]",
+            ctx.client.zrevrange(
+                reg.key, start, start + ctx.page_size - 1, withscores=True
+            ),
+        )
+        if not page:
+            break
+        start += len(page)
+        pipe = ctx.client.pipeline(transaction=False)
+        for member, _ in page:
+            pipe.hget(ctx.keys.job(member), "status")
+        for (member, score), raw in zip(
+            page, pipe.execute(raise_on_error=False), strict=True
+        ):
+            entry = (score, member)
+            if previous is not None and entry >= previous:
+                continue
+            previous = entry
+            state = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else None
+            if state in counts and state not in found:
+                counts[state] += 1
+                if counts[state] == wanted[state]:
+                    found[state] = entry
+    return found
