@@ -42,10 +42,15 @@ class Write(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Action:
-    """One planned change and the audit event it produces once applied (or in a dry run)."""
+    """One planned change and the audit event it produces once applied (or in a dry run).
+
+    Bookkeeping actions (``event`` None) keep the janitor's own state under ``janitor:``;
+    they are neither audited nor counted, and a dry run skips them like every write.
+    """
 
     task: str
-    event: str
+    event: str | None
+    """The audit event; None for the janitor's own bookkeeping (suspects, cursors)."""
     fields: Mapping[str, object]
     write: Write | None
     """None for actions that only report."""

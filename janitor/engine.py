@@ -95,6 +95,7 @@ def run_once(  # noqa: PLR0913 - every flag is keyword-only and named for what i
         settings=settings,
         now=now(),
         allows_queue=QueueFilter.build(settings.rq, queues),
+        dry_run=dry_run,
     )
     for name in selected:
         with audit.bound(run_id=run_id, task=name, dry_run=dry_run):
@@ -131,10 +132,14 @@ def _run_task(  # noqa: PLR0913 - keyword-only flags
                 log.warning(
                     "job_skipped", task=skip.task, reason=skip.reason, **skip.fields
                 )
-            done = actions if dry_run else _apply(context.client, actions, lease, now())
+            if dry_run:
+                done = [a for a in actions if a.event is not None]
+            else:
+                done = _apply(context.client, actions, lease, now())
             for action in done:
-                audit.emit(action.event, **action.fields)
-                counts[action.event] += 1
+                if action.event is not None:
+                    audit.emit(action.event, **action.fields)
+                    counts[action.event] += 1
     except LeadershipLost as err:
         error = _LEASE_LOST
         log.error("leadership_lost", task=name, reason=str(err))  # noqa: TRY400 - an expected state, no traceback

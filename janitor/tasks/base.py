@@ -26,6 +26,8 @@ class TaskContext:
     now: float
     allows_queue: Callable[[str], bool]
     page_size: int = PAGE_SIZE
+    dry_run: bool = False
+    """Tasks plan the same either way; a task may use this to explain, never to write."""
 
 
 class Task(Protocol):
