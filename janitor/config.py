@@ -2,8 +2,69 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any, cast
+
+from janitor.config_text import render_settings
+from janitor.errors import ConfigError
+from janitor.secret import Secret
+from janitor.sources import (
+    Entry,
+    Layer,
+    Schema,
+    TableArray,
+    merge_layers,
+    pair_exclusive,
+    read_actinia_layer,
+    read_env_layer,
+    read_flag_layer,
+    read_toml_layer,
+    resolve_password_file,
+)
+from janitor.values import (
+    Validator,
+    choice,
+    globs,
+    listen_address,
+    parse_duration,
+    parse_schedule_text,
+    positive_duration,
+    positive_int,
+    redact_url,
+    secret_string,
+    sentinel_csv,
+    sentinel_list,
+    string,
+    valid_redis_url,
+)
+
+__all__ = [
+    "ABANDONED_ACTIONS",
+    "DEFAULT_SCHEDULES",
+    "LOG_FORMATS",
+    "TASK_NAMES",
+    "TERMINAL_STATES",
+    "AbandonedSettings",
+    "ActiniaSettings",
+    "AuditSettings",
+    "DaemonSettings",
+    "HttpSettings",
+    "RedisSettings",
+    "RetentionRule",
+    "RetentionSettings",
+    "RqSettings",
+    "Schedule",
+    "Secret",
+    "Settings",
+    "WorkersSettings",
+    "load_settings",
+    "parse_duration",
+    "parse_schedule",
+    "redact_url",
+    "render_settings",
+]
 
 TERMINAL_STATES = ("finished", "failed", "stopped", "canceled")
 """The job states whose retention the config sets, in the contract's order."""
@@ -17,30 +78,6 @@ TASK_NAMES = (
     "sweep_orphans",
 )
 """Every task the contract names, in the order a run executes them."""
-
-
-class Secret:
-    """A string that never shows itself in a repr, str or log line."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        """Return the secret value; call only where it is handed to the Redis client."""
-        return self._value
-
-    def __repr__(self) -> str:
-        return "<SECRET>"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +162,13 @@ DEFAULT_SCHEDULES: Mapping[str, str] = {
 }
 
 
+def _default_schedules() -> dict[str, Schedule]:
+    return {
+        task: Schedule(*parse_schedule_text(DEFAULT_SCHEDULES[task], "default"))
+        for task in TASK_NAMES
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class AuditSettings:
     """``[audit]``: where the JSON-lines audit log goes (``-`` is stdout)."""
@@ -163,7 +207,8 @@ class Settings:
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     workers: WorkersSettings = field(default_factory=WorkersSettings)
     abandoned: AbandonedSettings = field(default_factory=AbandonedSettings)
-    schedule: Mapping[str, Schedule] = field(default_factory=dict)
+    schedule: Mapping[str, Schedule] = field(default_factory=_default_schedules)
+    """Task name -> its daemon schedule; every task in TASK_NAMES has one."""
     audit: AuditSettings = field(default_factory=AuditSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
@@ -171,3 +216,192 @@ class Settings:
     log_format: str = "auto"
     sources: Mapping[str, str] = field(default_factory=dict)
     """Dotted key (``retention.failed``) -> where its value came from."""
+    config_path: str | None = None
+    """The TOML file that was read, if any (its own source is ``sources["config_path"]``)."""
+
+
+ABANDONED_ACTIONS = ("fail", "requeue", "report")
+"""``[abandoned] action`` values."""
+
+LOG_FORMATS = ("json", "console", "auto")
+"""``--log-format`` values."""
+
+MIN_LEASE_TTL = 3
+"""``[daemon] lease_ttl`` lower bound in seconds: the lease is renewed every third of it."""
+
+_SECTIONS = (
+    "redis",
+    "rq",
+    "retention",
+    "workers",
+    "abandoned",
+    "audit",
+    "http",
+    "daemon",
+    "actinia",
+)
+
+
+def parse_schedule(value: object, where: str) -> Schedule:
+    """Parse ``"every 30s"`` (interval > 0) or a 5-field cron line APScheduler accepts (UTC)."""
+    text, interval_s, cron = parse_schedule_text(value, where)
+    return Schedule(text=text, interval_s=interval_s, cron=cron)
+
+
+def _secret(value: object, where: str) -> Secret:
+    return Secret(secret_string(value, where))
+
+
+def _lease_ttl(value: object, where: str) -> int:
+    seconds = parse_duration(value, where)
+    if seconds < MIN_LEASE_TTL:
+        msg = (
+            f"{where}: expected a duration of at least {MIN_LEASE_TTL}s, got {value!r}"
+        )
+        raise ConfigError(msg)
+    return seconds
+
+
+def _rule(index: int, values: Mapping[str, object]) -> RetentionRule:
+    return RetentionRule(
+        index=index,
+        queues=cast("tuple[str, ...]", values["queues"]),
+        ages={s: cast("int", values[s]) for s in TERMINAL_STATES if s in values},
+        keep_last=cast("int | None", values.get("keep_last")),
+    )
+
+
+_AGES: dict[str, Validator] = dict.fromkeys(TERMINAL_STATES, parse_duration)
+_SCHEMA: Schema = {
+    "redis": {
+        "url": valid_redis_url,
+        "password": _secret,
+        "password_file": string,
+        "sentinels": sentinel_list,
+        "sentinel_master": string,
+        "ssl_ca_certs": string,
+        "ssl_certfile": string,
+        "ssl_keyfile": string,
+    },
+    "rq": {"key_prefix": string, "queues": globs},
+    "retention": {
+        **_AGES,
+        "keep_last": positive_int,
+        "rules": TableArray(
+            keys={"queues": globs, **_AGES, "keep_last": positive_int},
+            required=("queues",),
+            build=_rule,
+        ),
+    },
+    "workers": {"dead_after": positive_duration},
+    "abandoned": {"action": choice(ABANDONED_ACTIONS)},
+    "schedule": dict.fromkeys(TASK_NAMES, parse_schedule),
+    "audit": {"path": string},
+    "http": {"listen": listen_address},
+    "daemon": {"lease_key": string, "lease_ttl": _lease_ttl},
+    "actinia": {"config": string},
+}
+
+_ENV: Mapping[str, tuple[str, Validator]] = {
+    "JANITOR_REDIS_URL": ("redis.url", valid_redis_url),
+    "JANITOR_REDIS_PASSWORD": ("redis.password", _secret),
+    "JANITOR_REDIS_PASSWORD_FILE": ("redis.password_file", string),
+    "JANITOR_REDIS_SENTINELS": ("redis.sentinels", sentinel_csv),
+    "JANITOR_REDIS_SENTINEL_MASTER": ("redis.sentinel_master", string),
+    "JANITOR_REDIS_TLS_CA_FILE": ("redis.ssl_ca_certs", string),
+    "JANITOR_ACTINIA_CONFIG": ("actinia.config", string),
+}
+"""Env var -> (dotted key, validator); empty variables count as unset."""
+
+
+def load_settings(
+    *,
+    config_path: str | None = None,
+    env: Mapping[str, str] | None = None,
+    redis_url: str | None = None,
+    log_format: str | None = None,
+) -> Settings:
+    """Load and validate the effective settings; raise ConfigError naming the source on any problem.
+
+    Precedence, lowest first: built-in defaults < the actinia INI named by ``[actinia] config``
+    < the TOML file (``config_path``, else env ``JANITOR_CONFIG``) < ``JANITOR_*`` env vars
+    < the CLI flags ``redis_url`` and ``log_format``.
+    """
+    env = os.environ if env is None else env
+    path, path_source = _config_path(config_path, env)
+    upper = [
+        read_toml_layer(path, _SCHEMA) if path else {},
+        read_env_layer(env, _ENV),
+        read_flag_layer(
+            {
+                "--redis-url": ("redis.url", redis_url, valid_redis_url),
+                "--log-format": ("log_format", log_format, choice(LOG_FORMATS)),
+            }
+        ),
+    ]
+    actinia = read_actinia_layer(merge_layers(upper).get("actinia.config"), env)
+    for layer in (actinia, *upper):
+        pair_exclusive(layer, "redis.password", "redis.password_file")
+    merged = merge_layers([_default_layer(), actinia, *upper])
+    resolve_password_file(merged)
+    _check_sentinels(merged)
+    merged["config_path"] = Entry(path, path_source, path_source)
+    return _build(merged)
+
+
+def _config_path(
+    config_path: str | None, env: Mapping[str, str]
+) -> tuple[str | None, str]:
+    if config_path:
+        return config_path, "flag --config"
+    if env.get("JANITOR_CONFIG"):
+        return env["JANITOR_CONFIG"], "env JANITOR_CONFIG"
+    return None, "default"
+
+
+def _default_layer() -> Layer:
+    defaults = Settings()
+    layer: Layer = {}
+    for section in _SECTIONS:
+        part = getattr(defaults, section)
+        for item in fields(part):
+            key = f"{section}.{item.name}"
+            layer[key] = Entry(getattr(part, item.name), "default", f"default {key}")
+    for task, schedule in defaults.schedule.items():
+        layer[f"schedule.{task}"] = Entry(
+            schedule, "default", f"default schedule.{task}"
+        )
+    layer["log_format"] = Entry(defaults.log_format, "default", "default log_format")
+    return layer
+
+
+def _check_sentinels(merged: Layer) -> None:
+    sentinels, master = merged["redis.sentinels"], merged["redis.sentinel_master"]
+    if bool(sentinels.value) != (master.value is not None):
+        given, missing = (
+            (sentinels, "sentinel_master") if sentinels.value else (master, "sentinels")
+        )
+        msg = f"{given.where}: Sentinel needs both [redis] sentinels and sentinel_master; {missing} is not set"
+        raise ConfigError(msg)
+
+
+def _build(merged: Layer) -> Settings:
+    parts: dict[str, dict[str, Any]] = {}
+    for key, entry in merged.items():
+        section, _, name = key.rpartition(".")
+        parts.setdefault(section, {})[name] = entry.value
+    return Settings(
+        redis=RedisSettings(**parts["redis"]),
+        rq=RqSettings(**parts["rq"]),
+        retention=RetentionSettings(**parts["retention"]),
+        workers=WorkersSettings(**parts["workers"]),
+        abandoned=AbandonedSettings(**parts["abandoned"]),
+        schedule={task: parts["schedule"][task] for task in TASK_NAMES},
+        audit=AuditSettings(**parts["audit"]),
+        http=HttpSettings(**parts["http"]),
+        daemon=DaemonSettings(**parts["daemon"]),
+        actinia=ActiniaSettings(**parts["actinia"]),
+        log_format=parts[""]["log_format"],
+        config_path=parts[""]["config_path"],
+        sources={key: entry.source for key, entry in merged.items()},
+    )
