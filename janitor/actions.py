@@ -152,8 +152,78 @@ class DeleteJob:
                 1 if job.group else 0,
             ]
             args += list(job.started_members)
-        reply = run_script(client, cls.source, keys, args)
-        if reply == scripts.FENCED_OUT:
-            msg = "the leader lease was lost before a batch of deletes; nothing was written"
-            raise LeadershipLost(msg)
-        return [bool(flag) for flag in cast("list[int]", reply)]
+        return _flags(run_script(client, cls.source, keys, args), "deletes")
+
+
+@dataclass(frozen=True, slots=True)
+class RecoverJob:
+    """Move an abandoned job on (fail, enqueue or schedule it) if all the evidence still holds.
+
+    ``keys`` and ``args`` follow ``scripts.RECOVER_ABANDONED_JOBS``, 14 of each per job.
+    """
+
+    keys: tuple[bytes, ...]
+    args: tuple[bytes, ...]
+
+    source: ClassVar[str] = scripts.RECOVER_ABANDONED_JOBS
+
+    @classmethod
+    def apply_batch(
+        cls,
+        client: redis.Redis,
+        writes: Sequence[Write],
+        fence: Fence | None,
+        now: float,
+    ) -> list[bool]:
+        """Recover the jobs in one script call."""
+        fence_key, token = _fence_args(fence)
+        keys: list[bytes] = [fence_key]
+        args: list[bytes | str | int | float] = [token, repr(now), len(writes)]
+        for write in writes:
+            job = cast("RecoverJob", write)
+            keys += job.keys
+            args += job.args
+        return _flags(run_script(client, cls.source, keys, args), "recoveries")
+
+
+@dataclass(frozen=True, slots=True)
+class RecordSuspects:
+    """Remember started-registry members seen abandoned once (janitor bookkeeping)."""
+
+    key: bytes
+    members: tuple[tuple[bytes, bytes], ...]
+    """(member, fingerprint of the evidence) pairs."""
+    ttl_s: int
+
+    source: ClassVar[str] = scripts.RECORD_SUSPECTS
+
+    @classmethod
+    def apply_batch(
+        cls,
+        client: redis.Redis,
+        writes: Sequence[Write],
+        fence: Fence | None,
+        now: float,  # noqa: ARG003 - the protocol's signature
+    ) -> list[bool]:
+        """Record each queue's suspects, one script call per queue."""
+        fence_key, token = _fence_args(fence)
+        done = []
+        for write in writes:
+            record = cast("RecordSuspects", write)
+            pairs = [part for pair in record.members for part in pair]
+            reply = run_script(
+                client,
+                cls.source,
+                [fence_key, record.key],
+                [token, record.ttl_s, *pairs],
+            )
+            done += _flags([reply], "suspects")
+        return done
+
+
+def _flags(reply: object, what: str) -> list[bool]:
+    """Turn a script's per-item replies into booleans; -1 means the lease was lost."""
+    if reply in (scripts.FENCED_OUT, [scripts.FENCED_OUT]):
+        msg = f"the leader lease was lost before a batch of {what}; nothing was written"
+        raise LeadershipLost(msg)
+    return [bool(flag) for flag in cast("list[int]", reply)]

@@ -170,9 +170,14 @@ class Keyspace:
 
     # -- the janitor's own keys -------------------------------------------------------
     @staticmethod
-    def janitor_key(*parts: str) -> bytes:
+    def janitor_key(*parts: str | bytes) -> bytes:
         """A key of the janitor's own state, ``janitor:<parts>``."""
-        return ":".join([JANITOR_PREFIX, *parts]).encode()
+        return b":".join([JANITOR_PREFIX.encode(), *(to_bytes(part) for part in parts)])
+
+    @staticmethod
+    def abandoned_suspects(queue: str | bytes) -> bytes:
+        """``janitor:suspects:<q>``: started-registry members seen abandoned once, awaiting a second look."""
+        return Keyspace.janitor_key("suspects", queue)
 
 
 def iter_queue_names(

@@ -66,3 +66,91 @@ end
 return out
 """
 )
+
+RECOVER_ABANDONED_JOBS = (
+    _FENCE
+    + """
+-- Recovers a batch of started jobs whose worker is provably dead, each only if every piece
+-- of evidence still holds: status started, the same started-registry score (no heartbeat
+-- since) and already past, the worker hash still gone (or the same TTL-less zombie), no
+-- live execution hash, and the suspect recorded by the previous pass unchanged.
+-- ARGV: 1 token, 2 now, 3 job count, then per job (14): member, job id, execution id,
+--   score, worker state ('gone' or 'zombie'), zombie heartbeat, fingerprint, mode
+--   ('fail' | 'enqueue' | 'schedule'), failure ttl, now as RQ's utcformat, schedule-at
+--   epoch, retries_left to write ('' = leave), queue key for rq:queues, failure result
+--   exc_string ('' = write none).
+-- KEYS: 1 lease, then per job (14): job, started registry, worker hash, execution hash,
+--   execution registry, worker executions set, suspects hash, failed registry, queue list,
+--   rq:queues, scheduled registry, dependents, dependencies, result stream.
+local now = tonumber(ARGV[2])
+local k, a = 2, 4
+local out = {}
+for j = 1, tonumber(ARGV[3]) do
+  local job, started, worker, execution = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+  local executions, worker_execs, suspects = KEYS[k + 4], KEYS[k + 5], KEYS[k + 6]
+  local failed, queue, queues, scheduled = KEYS[k + 7], KEYS[k + 8], KEYS[k + 9], KEYS[k + 10]
+  local dependents, dependencies, results = KEYS[k + 11], KEYS[k + 12], KEYS[k + 13]
+  local member, id, exec_id, score = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local worker_state, heartbeat, fingerprint, mode = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7]
+  local ttl, now_text, at, retries = tonumber(ARGV[a + 8]), ARGV[a + 9], ARGV[a + 10], ARGV[a + 11]
+  local queue_key, exc = ARGV[a + 12], ARGV[a + 13]
+  local ok = 1
+  local current = redis.call('ZSCORE', started, member)
+  if redis.call('HGET', job, 'status') ~= 'started' then ok = 0
+  elseif current ~= score or tonumber(current) == nil or tonumber(current) > now then ok = 0
+  elseif redis.call('HGET', suspects, member) ~= fingerprint then ok = 0
+  elseif exec_id ~= '' and redis.call('EXISTS', execution) == 1 then ok = 0
+  elseif worker_state == 'gone' and redis.call('EXISTS', worker) == 1 then ok = 0
+  elseif worker_state == 'zombie' and (redis.call('TTL', worker) ~= -1
+      or redis.call('HGET', worker, 'last_heartbeat') ~= heartbeat) then ok = 0
+  end
+  if ok == 1 then
+    redis.call('ZREM', started, member)
+    redis.call('HDEL', suspects, member)
+    if exec_id ~= '' then
+      redis.call('ZREM', executions, exec_id)
+      redis.call('SREM', worker_execs, member)
+    end
+    if retries ~= '' then redis.call('HSET', job, 'retries_left', retries) end
+    if mode == 'fail' then
+      redis.call('HSET', job, 'status', 'failed')
+      redis.call('ZADD', failed, ttl < 0 and -1 or now + ttl, id)
+      if ttl > 0 then
+        redis.call('EXPIRE', job, ttl)
+        redis.call('EXPIRE', dependents, ttl)
+        redis.call('EXPIRE', dependencies, ttl)
+      elseif ttl == 0 then
+        redis.call('UNLINK', job, dependents, dependencies)
+      end
+      if exc ~= '' and ttl ~= 0 then
+        redis.call('XADD', results, 'MAXLEN', '~', '10', '*', 'type', '2', 'worker_name', '', 'exc_string', exc)
+        if ttl > 0 then redis.call('EXPIRE', results, ttl) end
+      end
+    elseif mode == 'enqueue' then
+      redis.call('HSET', job, 'status', 'queued', 'enqueued_at', now_text)
+      redis.call('RPUSH', queue, id)
+      redis.call('SADD', queues, queue_key)
+    else
+      redis.call('HSET', job, 'status', 'scheduled')
+      redis.call('ZADD', scheduled, at, id)
+      redis.call('SADD', queues, queue_key)
+    end
+  end
+  out[j] = ok
+  k = k + 14
+  a = a + 14
+end
+return out
+"""
+)
+
+RECORD_SUSPECTS = (
+    _FENCE
+    + """
+-- Remembers started-registry members seen abandoned, for the next pass to confirm.
+-- KEYS: 1 lease, 2 suspects hash. ARGV: 1 token, 2 ttl, then member, fingerprint pairs.
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
+)
