@@ -6,7 +6,7 @@ import io
 import json
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -194,10 +194,7 @@ def test_abandoned_job_of_every_rq_version(
         keys = Keyspace(manifest.key_prefix)
         assert r.hget(keys.job(job_id), "status") == b"failed"
         assert r.zscore(keys.failed("old"), job_id) is not None
-        assert not [
-            m
-            for m in r.zrange(keys.started("old"), 0, -1)
-            if m.startswith(job_id.encode())
-        ]
+        members = cast("list[bytes]", r.zrange(keys.started("old"), 0, -1))
+        assert not [m for m in members if m.startswith(job_id.encode())]
     finally:
         manifest.kill_workers()
