@@ -11,6 +11,7 @@ from redis.commands.core import Script
 
 from janitor import scripts
 from janitor.errors import LeadershipLost
+from janitor.keyspace import JANITOR_PREFIX
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,3 +228,154 @@ def _flags(reply: object, what: str) -> list[bool]:
         msg = f"the leader lease was lost before a batch of {what}; nothing was written"
         raise LeadershipLost(msg)
     return [bool(flag) for flag in cast("list[int]", reply)]
+
+
+@dataclass(frozen=True, slots=True)
+class PruneWorkerSets:
+    """Remove a worker from worker sets if its hash is still gone (what RQ itself does).
+
+    The set member is the worker's hash key, so ``worker_key`` is both what is checked
+    and what is removed.
+    """
+
+    worker_key: bytes
+    sets: tuple[bytes, ...]
+
+    source: ClassVar[str] = scripts.PRUNE_WORKER_MEMBERSHIPS
+
+    @classmethod
+    def apply_batch(
+        cls,
+        client: redis.Redis,
+        writes: Sequence[Write],
+        fence: Fence | None,
+        now: float,  # noqa: ARG003 - the protocol's signature
+    ) -> list[bool]:
+        """Prune the workers in one script call; see ``scripts.PRUNE_WORKER_MEMBERSHIPS``."""
+        fence_key, token = _fence_args(fence)
+        keys: list[bytes] = [fence_key]
+        args: list[bytes | str | int | float] = [token, len(writes)]
+        for write in writes:
+            prune = cast("PruneWorkerSets", write)
+            keys += [prune.worker_key, *prune.sets]
+            args.append(len(prune.sets))
+        return _flags(run_script(client, cls.source, keys, args), "worker prunes")
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteZombieWorker:
+    """Delete a TTL-less worker hash of a dead worker, and its memberships, if unchanged.
+
+    Re-checked at write time: still a hash without TTL, ``last_heartbeat`` as planned,
+    and nobody subscribed to the worker's command channel.
+    """
+
+    worker_key: bytes
+    last_heartbeat: bytes
+    """The raw field the plan read; empty when the hash had none."""
+    channel: bytes
+    sets: tuple[bytes, ...]
+
+    source: ClassVar[str] = scripts.DELETE_ZOMBIE_WORKERS
+
+    @classmethod
+    def apply_batch(
+        cls,
+        client: redis.Redis,
+        writes: Sequence[Write],
+        fence: Fence | None,
+        now: float,  # noqa: ARG003 - the protocol's signature
+    ) -> list[bool]:
+        """Delete the zombies in one script call; see ``scripts.DELETE_ZOMBIE_WORKERS``."""
+        fence_key, token = _fence_args(fence)
+        keys: list[bytes] = [fence_key]
+        args: list[bytes | str | int | float] = [token, len(writes)]
+        for write in writes:
+            zombie = cast("DeleteZombieWorker", write)
+            keys += [zombie.worker_key, *zombie.sets]
+            args += [len(zombie.sets), zombie.last_heartbeat, zombie.channel]
+        return _flags(run_script(client, cls.source, keys, args), "zombie deletes")
+
+
+@dataclass(frozen=True, slots=True)
+class PruneQueue:
+    """Remove a queue from ``rq:queues`` if it is still empty everywhere and still recorded.
+
+    ``empty_keys`` are the queue's list, intermediate list, registries and worker set:
+    none may exist at write time. ``empty_since`` is the janitor record the plan read.
+    """
+
+    queues_key: bytes
+    member: bytes
+    state_key: bytes
+    empty_since: bytes
+    empty_keys: tuple[bytes, ...]
+
+    source: ClassVar[str] = scripts.PRUNE_EMPTY_QUEUES
+
+    @classmethod
+    def apply_batch(
+        cls,
+        client: redis.Redis,
+        writes: Sequence[Write],
+        fence: Fence | None,
+        now: float,  # noqa: ARG003 - the protocol's signature
+    ) -> list[bool]:
+        """Prune the queues in one script call per ``rq:queues`` set (normally one)."""
+        fence_key, token = _fence_args(fence)
+        by_set: dict[bytes, list[int]] = {}
+        for index, write in enumerate(writes):
+            by_set.setdefault(cast("PruneQueue", write).queues_key, []).append(index)
+        done = [False] * len(writes)
+        for queues_key, indexes in by_set.items():
+            keys: list[bytes] = [fence_key, queues_key]
+            args: list[bytes | str | int | float] = [token, len(indexes)]
+            for index in indexes:
+                prune = cast("PruneQueue", writes[index])
+                keys += [prune.state_key, *prune.empty_keys]
+                args += [prune.member, prune.empty_since, len(prune.empty_keys)]
+            flags = _flags(run_script(client, cls.source, keys, args), "queue prunes")
+            for index, flag in zip(indexes, flags, strict=True):
+                done[index] = flag
+        return done
+
+
+@dataclass(frozen=True, slots=True)
+class SetJanitorState:
+    """Set (with a TTL), set if absent, or delete (``value`` None) a key of the janitor's own state.
+
+    Refuses at construction any key outside ``janitor:``, so bookkeeping can never
+    write RQ's data.
+    """
+
+    key: bytes
+    value: bytes | None
+    ttl_s: int
+    only_if_absent: bool = False
+
+    source: ClassVar[str] = scripts.SET_JANITOR_STATE
+
+    def __post_init__(self) -> None:
+        """Check that the key is the janitor's own."""
+        if not self.key.startswith(JANITOR_PREFIX.encode() + b":"):
+            msg = f"janitor state must live under janitor:, not {self.key!r}"
+            raise ValueError(msg)
+
+    @classmethod
+    def apply_batch(
+        cls,
+        client: redis.Redis,
+        writes: Sequence[Write],
+        fence: Fence | None,
+        now: float,  # noqa: ARG003 - the protocol's signature
+    ) -> list[bool]:
+        """Apply the state changes in one script call; see ``scripts.SET_JANITOR_STATE``."""
+        fence_key, token = _fence_args(fence)
+        keys: list[bytes] = [fence_key]
+        args: list[bytes | str | int | float] = [token, len(writes)]
+        for write in writes:
+            state = cast("SetJanitorState", write)
+            keys.append(state.key)
+            mode = "del" if state.value is None else "nx" if state.only_if_absent else "set"
+            args += [mode, state.value or b"", state.ttl_s]
+        return _flags(run_script(client, cls.source, keys, args), "state writes")

@@ -148,6 +148,28 @@ class Keyspace:
         """``rq:worker:<w>:executions``: RQ 3's set of a worker's executions."""
         return self.worker(name) + b":executions"
 
+    def worker_name_from_key(self, key: bytes) -> bytes | None:
+        """Return the name in a ``rq:worker:<w>`` key (what the worker sets hold), else None.
+
+        Only the prefix is stripped: names may contain ``:``, so whether a key is a
+        worker hash or RQ 3's ``:executions`` set is decided by its TYPE, not here.
+        """
+        head = self._key("worker", "")
+        return (
+            key[len(head) :] if key.startswith(head) and len(key) > len(head) else None
+        )
+
+    def queue_name_from_workers_key(self, key: bytes) -> bytes | None:
+        """Return the queue name of a per-queue worker set ``rq:workers:<q>``, else None."""
+        head = self._key("workers", "")
+        return (
+            key[len(head) :] if key.startswith(head) and len(key) > len(head) else None
+        )
+
+    def pubsub_channel(self, name: str | bytes) -> bytes:
+        """``rq:pubsub:<w>``: the channel a live worker (RQ 1.6+) listens on; not a key."""
+        return self._key("pubsub", name)
+
     # -- members ----------------------------------------------------------------------
     @staticmethod
     def started_member(job_id: bytes, execution_id: bytes | None) -> bytes:
@@ -178,6 +200,18 @@ class Keyspace:
     def abandoned_suspects(queue: str | bytes) -> bytes:
         """``janitor:suspects:<q>``: started-registry members seen abandoned once, awaiting a second look."""
         return Keyspace.janitor_key("suspects", queue)
+
+    def queue_empty_since(self, name: str | bytes) -> bytes:
+        """``janitor:prune_queues:empty_since:<prefix>:<q>``: when a queue was first seen empty.
+
+        One key per queue (not a hash field) so each expires on its own; the RQ prefix
+        keeps equally named queues of two RQ prefixes in one database apart.
+        """
+        return self.janitor_key("prune_queues", "empty_since", self.prefix, name)
+
+    def worker_scan_cursor(self) -> bytes:
+        """``janitor:prune_workers:cursor:<prefix>``: where prune_workers' keyspace SCAN resumes."""
+        return self.janitor_key("prune_workers", "cursor", self.prefix)
 
 
 def iter_queue_names(

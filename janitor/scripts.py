@@ -17,8 +17,25 @@ if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
 end
 """
 
+_GUARDS = """
+-- A read that must not abort the batch: a key of the wrong type (garbage under an RQ
+-- name) makes only its own job ineligible. Returns the reply (false for nil) and ok.
+local function read(...)
+  local reply = redis.pcall(...)
+  if type(reply) == 'table' and reply.err then return false, false end
+  return reply, true
+end
+-- Whether a key is absent or of the given type, so that a write to it cannot fail
+-- half-way through a batch.
+local function writable(key, kind)
+  local t = redis.call('TYPE', key)['ok']
+  return t == 'none' or t == kind
+end
+"""
+
 DELETE_TERMINAL_JOBS = (
     _FENCE
+    + _GUARDS
     + """
 -- Deletes a batch of terminal jobs with everything that belongs to them, each only if
 -- it is still exactly as the janitor saw it when it planned the delete.
@@ -37,16 +54,19 @@ for j = 1, tonumber(ARGV[3]) do
   local ended_at, score, ndeps, has_group = ARGV[a + 6], ARGV[a + 7], tonumber(ARGV[a + 8]), ARGV[a + 9]
   local side0, exec0, member0 = k + 5, k + 5 + nside, a + 10
   local ok = 1
-  local h = redis.call('HMGET', job, 'status', 'origin', 'ended_at')
-  if not h[1] or not string.find(statuses, '|' .. h[1] .. '|', 1, true) then ok = 0
+  local h, read_h = read('HMGET', job, 'status', 'origin', 'ended_at')
+  local current, read_z = read('ZSCORE', registry, id)
+  local deps, read_d = read('SCARD', dependents)
+  if not (read_h and read_z and read_d) then ok = 0
+  elseif not h[1] or not string.find(statuses, '|' .. h[1] .. '|', 1, true) then ok = 0
   elseif h[2] ~= origin or (h[3] or '') ~= ended_at then ok = 0
-  elseif redis.call('ZSCORE', registry, id) ~= score then ok = 0
-  elseif redis.call('SCARD', dependents) ~= ndeps then ok = 0
+  elseif current ~= score or deps ~= ndeps then ok = 0
+  elseif has_group == '1' and not writable(group, 'set') then ok = 0
   end
   if ok == 1 then
     for m = member0, member0 + nmembers - 1 do
-      local s = redis.call('ZSCORE', started, ARGV[m])
-      if s and (tonumber(s) == nil or tonumber(s) > now) then ok = 0 end
+      local s, read_s = read('ZSCORE', started, ARGV[m])
+      if not read_s or (s and (tonumber(s) == nil or tonumber(s) > now)) then ok = 0 end
     end
     for x = exec0, exec0 + nexec - 1 do
       if redis.call('EXISTS', KEYS[x]) == 1 then ok = 0 end
@@ -69,6 +89,7 @@ return out
 
 RECOVER_ABANDONED_JOBS = (
     _FENCE
+    + _GUARDS
     + """
 -- Recovers a batch of started jobs whose worker is provably dead, each only if every piece
 -- of evidence still holds: status started, the same started-registry score (no heartbeat
@@ -95,14 +116,20 @@ for j = 1, tonumber(ARGV[3]) do
   local ttl, now_text, at, retries = tonumber(ARGV[a + 8]), ARGV[a + 9], ARGV[a + 10], ARGV[a + 11]
   local queue_key, exc = ARGV[a + 12], ARGV[a + 13]
   local ok = 1
-  local current = redis.call('ZSCORE', started, member)
-  if redis.call('HGET', job, 'status') ~= 'started' then ok = 0
+  local current = read('ZSCORE', started, member)
+  local status = read('HGET', job, 'status')
+  local suspect = read('HGET', suspects, member)
+  local targets = {{executions, 'zset'}, {worker_execs, 'set'}, {failed, 'zset'}, {results, 'stream'},
+    {queue, 'list'}, {queues, 'set'}, {scheduled, 'zset'}}
+  if status ~= 'started' or suspect ~= fingerprint then ok = 0
   elseif current ~= score or tonumber(current) == nil or tonumber(current) > now then ok = 0
-  elseif redis.call('HGET', suspects, member) ~= fingerprint then ok = 0
   elseif exec_id ~= '' and redis.call('EXISTS', execution) == 1 then ok = 0
   elseif worker_state == 'gone' and redis.call('EXISTS', worker) == 1 then ok = 0
   elseif worker_state == 'zombie' and (redis.call('TTL', worker) ~= -1
-      or redis.call('HGET', worker, 'last_heartbeat') ~= heartbeat) then ok = 0
+      or read('HGET', worker, 'last_heartbeat') ~= heartbeat) then ok = 0
+  end
+  for _, target in ipairs(targets) do
+    if ok == 1 and not writable(target[1], target[2]) then ok = 0 end
   end
   if ok == 1 then
     redis.call('ZREM', started, member)
@@ -152,5 +179,106 @@ RECORD_SUSPECTS = (
 for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return 1
+"""
+)
+
+PRUNE_WORKER_MEMBERSHIPS = (
+    _FENCE
+    + """
+-- Removes dead workers from worker sets, each only if its hash is still gone: a worker
+-- restarting under the same name re-creates its hash and re-adds itself (register_birth).
+-- ARGV: 1 token, 2 worker count, then per worker: its number of sets.
+-- KEYS: 1 lease, then per worker: its hash key (which is also the set member), its sets.
+-- Returns per worker 1 when it was removed from at least one set.
+local k, out = 2, {}
+for j = 1, tonumber(ARGV[2]) do
+  local worker, nsets = KEYS[k], tonumber(ARGV[2 + j])
+  local removed = 0
+  if redis.call('EXISTS', worker) == 0 then
+    for s = k + 1, k + nsets do removed = removed + redis.call('SREM', KEYS[s], worker) end
+  end
+  out[j] = removed > 0 and 1 or 0
+  k = k + 1 + nsets
+end
+return out
+"""
+)
+
+DELETE_ZOMBIE_WORKERS = (
+    _FENCE
+    + """
+-- Deletes TTL-less worker hashes of dead workers and removes them from their sets, each
+-- only if the hash still has no TTL, the same last_heartbeat the plan judged, and no
+-- subscriber on the worker's command channel. Redis-expiring hashes are never deleted.
+-- ARGV: 1 token, 2 worker count, then per worker: number of sets, last_heartbeat seen
+--   ('' when it had none), pubsub channel.
+-- KEYS: 1 lease, then per worker: its hash key (also the set member), its sets.
+local k, a, out = 2, 3, {}
+for j = 1, tonumber(ARGV[2]) do
+  local worker, nsets, heartbeat, channel = KEYS[k], tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2]
+  local ok = 0
+  if redis.call('TYPE', worker).ok == 'hash'
+    and redis.call('TTL', worker) == -1
+    and (redis.call('HGET', worker, 'last_heartbeat') or '') == heartbeat
+    and redis.call('PUBSUB', 'NUMSUB', channel)[2] == 0 then
+    redis.call('UNLINK', worker)
+    for s = k + 1, k + nsets do redis.call('SREM', KEYS[s], worker) end
+    ok = 1
+  end
+  out[j] = ok
+  k = k + 1 + nsets
+  a = a + 3
+end
+return out
+"""
+)
+
+PRUNE_EMPTY_QUEUES = (
+    _FENCE
+    + """
+-- Removes queues from rq:queues, each only if the janitor's empty-since record is the one
+-- the plan read and none of the queue's keys exists (Redis deletes empty lists, sets and
+-- sorted sets, so EXISTS is the emptiness check). Drops the record with the member.
+-- ARGV: 1 token, 2 queue count, then per queue: rq:queues member, empty-since value,
+--   number of queue keys.
+-- KEYS: 1 lease, 2 rq:queues, then per queue: empty-since key, the queue's keys.
+local k, a, out = 3, 3, {}
+for j = 1, tonumber(ARGV[2]) do
+  local state, member, since, nkeys = KEYS[k], ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  local ok = 0
+  if redis.call('GET', state) == since then
+    local busy = 0
+    for x = k + 1, k + nkeys do busy = busy + redis.call('EXISTS', KEYS[x]) end
+    if busy == 0 then
+      ok = redis.call('SREM', KEYS[2], member)
+      redis.call('DEL', state)
+    end
+  end
+  out[j] = ok
+  k = k + 1 + nkeys
+  a = a + 3
+end
+return out
+"""
+)
+
+SET_JANITOR_STATE = (
+    _FENCE
+    + """
+-- Sets (with a TTL), sets-if-absent or deletes keys of the janitor's own state.
+-- ARGV: 1 token, 2 key count, then per key: mode ('set', 'nx' or 'del'), value, ttl seconds.
+-- KEYS: 1 lease, then the state keys (all under janitor:, checked by the caller).
+local out = {}
+for j = 1, tonumber(ARGV[2]) do
+  local key, a = KEYS[1 + j], 3 + 3 * (j - 1)
+  local mode, value, ttl = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local done
+  if mode == 'del' then done = redis.call('DEL', key)
+  elseif mode == 'nx' then done = redis.call('SET', key, value, 'EX', ttl, 'NX')
+  else done = redis.call('SET', key, value, 'EX', ttl)
+  end
+  out[j] = done and done ~= 0 and 1 or 0
+end
+return out
 """
 )

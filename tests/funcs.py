@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-SECRET = "SECRET-PAYLOAD-7f3a"
+import redis
+from rq import Queue, SimpleWorker
+
+SECRET = "SECRET-PAYLOAD-7f3a"  # noqa: S105 - a planted marker, to catch payload leaks
 
 
 def ok(arg: str = SECRET) -> str:
@@ -14,3 +17,8 @@ def boom(arg: str = SECRET) -> None:
     """Fail with an exception message that contains a password."""
     msg = f"failed with password=hunter2-SECRET for {arg}"
     raise RuntimeError(msg)
+
+
+def work(client: redis.Redis, *queues: Queue) -> None:
+    """Run a real RQ worker (in this process) over the queues until they are empty."""
+    SimpleWorker(list(queues), connection=client).work(burst=True)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
 import redis
-from rq import Queue, SimpleWorker
+from rq import Queue
 from rq.job import Job
 
 from janitor.actions import Action, DeleteJob, Fence
@@ -23,6 +22,7 @@ from janitor.policy import QueueFilter
 from janitor.tasks.base import TaskContext
 from janitor.tasks.expire_jobs import ExpireJobs
 from tests import funcs
+from tests.funcs import work
 from tests.snapshot import assert_unchanged, snapshot
 
 DAY = 86_400
@@ -41,7 +41,12 @@ def run(
     """Run expire_jobs once; return the report and the parsed audit lines."""
     stream = io.StringIO()
     report = run_once(
-        client, config, AuditLog(stream), dry_run=dry_run, only=["expire_jobs"], now=lambda: now
+        client,
+        config,
+        AuditLog(stream),
+        dry_run=dry_run,
+        only=["expire_jobs"],
+        now=lambda: now,
     )
     return report, [json.loads(line) for line in stream.getvalue().splitlines()]
 
@@ -49,11 +54,6 @@ def run(
 def deleted_ids(events: list[dict[str, Any]]) -> set[str]:
     """The job ids of the job_deleted events."""
     return {e["job_id"] for e in events if e["event"] == "job_deleted"}
-
-
-def work(client: redis.Redis, queue: Queue) -> None:
-    """Run a real RQ worker over the queue until it is empty."""
-    SimpleWorker([queue], connection=client).work(burst=True)
 
 
 @pytest.fixture
@@ -70,7 +70,9 @@ def job_keys(client: redis.Redis, job_id: str) -> set[bytes]:
 class TestWhatGoes:
     """Old terminal jobs go, with everything that belongs to them."""
 
-    def test_old_finished_job_is_deleted_with_all_its_keys(self, r: redis.Redis, queue: Queue) -> None:
+    def test_old_finished_job_is_deleted_with_all_its_keys(
+        self, r: redis.Redis, queue: Queue
+    ) -> None:
         """A finished job past retention loses its hash, result stream, registry entry and side keys."""
         parent = queue.enqueue(funcs.ok)
         child = queue.enqueue(funcs.ok, depends_on=parent)
@@ -93,17 +95,23 @@ class TestWhatGoes:
         assert_unchanged(before, snapshot(r))
         assert Job.fetch(job.id, connection=r).get_status() == "finished"
 
-    def test_failed_job_and_its_failure_stream_go(self, r: redis.Redis, queue: Queue) -> None:
+    def test_failed_job_and_its_failure_stream_go(
+        self, r: redis.Redis, queue: Queue
+    ) -> None:
         """A failed job past retention goes with its result stream, which RQ would keep forever."""
         job = queue.enqueue(funcs.boom)
         work(r, queue)
         assert r.exists(KEYS.results(job.id))
         _, events = run(r, settings(failed=30 * DAY), time.time() + 31 * DAY)
         assert deleted_ids(events) == {job.id}
-        assert [e["status"] for e in events if e["event"] == "job_deleted"] == ["failed"]
+        assert [e["status"] for e in events if e["event"] == "job_deleted"] == [
+            "failed"
+        ]
         assert job_keys(r, job.id) == set()
 
-    def test_canceled_job_ages_from_its_registry_score(self, r: redis.Redis, queue: Queue) -> None:
+    def test_canceled_job_ages_from_its_registry_score(
+        self, r: redis.Redis, queue: Queue
+    ) -> None:
         """A canceled job has no ended_at; its age counts from the cancellation."""
         job = queue.enqueue(funcs.ok)
         job.cancel()
@@ -113,7 +121,9 @@ class TestWhatGoes:
         assert deleted_ids(old) == {job.id}
         assert r.zcard(KEYS.canceled("default")) == 0
 
-    def test_forever_jobs_are_subject_to_policy(self, r: redis.Redis, queue: Queue) -> None:
+    def test_forever_jobs_are_subject_to_policy(
+        self, r: redis.Redis, queue: Queue
+    ) -> None:
         """A result_ttl=-1 job (kept forever by RQ) is deleted once past the janitor's retention."""
         job = queue.enqueue(funcs.ok, result_ttl=-1)
         work(r, queue)
@@ -121,13 +131,26 @@ class TestWhatGoes:
         _, events = run(r, settings(finished=DAY), time.time() + 2 * DAY)
         assert deleted_ids(events) == {job.id}
 
-    def test_audit_line_has_the_contract_fields(self, r: redis.Redis, queue: Queue) -> None:
+    def test_audit_line_has_the_contract_fields(
+        self, r: redis.Redis, queue: Queue
+    ) -> None:
         """Each job_deleted line carries the contract's fields and nothing of the payload."""
         queue.enqueue(funcs.ok)
         work(r, queue)
         _, events = run(r, settings(finished=0), time.time())
         line = next(e for e in events if e["event"] == "job_deleted")
-        assert set(line) == {"event", "timestamp", "run_id", "task", "dry_run", "queue", "job_id", "status", "age_s", "rule"}
+        assert set(line) == {
+            "event",
+            "timestamp",
+            "run_id",
+            "task",
+            "dry_run",
+            "queue",
+            "job_id",
+            "status",
+            "age_s",
+            "rule",
+        }
         assert line["rule"] == "retention.finished"
         assert line["dry_run"] is False
         assert "SECRET" not in json.dumps(events)
@@ -138,7 +161,9 @@ class TestWhatGoes:
 class TestWhatStays:
     """Live jobs, young jobs, other queues and non-RQ keys are never written."""
 
-    def test_live_jobs_and_foreign_keys_are_untouched(self, r: redis.Redis, queue: Queue) -> None:
+    def test_live_jobs_and_foreign_keys_are_untouched(
+        self, r: redis.Redis, queue: Queue
+    ) -> None:
         """Queued, deferred and scheduled jobs and an app's own keys survive a zero-retention run."""
         done = queue.enqueue(funcs.ok)
         work(r, queue)
@@ -148,16 +173,32 @@ class TestWhatStays:
 
         scheduled = queue.enqueue_in(timedelta(hours=1), funcs.ok)
         r.set("RESOURCE-ID::abc", b"app data")
-        r.hset("rq:job:notreally", mapping={"status": "finished"})  # in no registry: not ours to judge
+        r.hset(
+            "rq:job:notreally", mapping={"status": "finished"}
+        )  # in no registry: not ours to judge
         live = {queued.id, deferred.id, scheduled.id}
-        gone = {KEYS.finished("default")}  # emptied by the one delete, so Redis drops it
-        before = {k: v for k, v in snapshot(r).items() if done.id.encode() not in k and k not in gone}
-        _, events = run(r, settings(finished=0, failed=0, canceled=0, stopped=0), time.time() + 400 * DAY)
+        gone = {
+            KEYS.finished("default")
+        }  # emptied by the one delete, so Redis drops it
+        before = {
+            k: v
+            for k, v in snapshot(r).items()
+            if done.id.encode() not in k and k not in gone
+        }
+        _, events = run(
+            r,
+            settings(finished=0, failed=0, canceled=0, stopped=0),
+            time.time() + 400 * DAY,
+        )
         assert deleted_ids(events) == {done.id}
         after = snapshot(r)
         assert_unchanged(before, after)
         for job_id in live:
-            assert Job.fetch(job_id, connection=r).get_status() in {"queued", "deferred", "scheduled"}
+            assert Job.fetch(job_id, connection=r).get_status() in {
+                "queued",
+                "deferred",
+                "scheduled",
+            }
 
     def test_queue_outside_allowlist_is_not_written(self, r: redis.Redis) -> None:
         """A queue that does not match [rq] queues is left alone."""
@@ -170,7 +211,9 @@ class TestWhatStays:
         assert deleted_ids(events) == set()
         assert_unchanged(before, snapshot(r))
 
-    def test_failed_parent_with_waiting_child_is_kept(self, r: redis.Redis, queue: Queue) -> None:
+    def test_failed_parent_with_waiting_child_is_kept(
+        self, r: redis.Redis, queue: Queue
+    ) -> None:
         """A failed job whose deferred child still waits on it is kept, so a requeue can still run the child."""
         parent = queue.enqueue(funcs.boom)
         child = queue.enqueue(funcs.ok, depends_on=parent)
@@ -198,7 +241,9 @@ class TestWhatStays:
 class TestDryRun:
     """A dry run plans and reports exactly what a real run would do, and writes nothing."""
 
-    def test_dry_run_changes_nothing_and_reports_the_same_ids(self, r: redis.Redis, queue: Queue) -> None:
+    def test_dry_run_changes_nothing_and_reports_the_same_ids(
+        self, r: redis.Redis, queue: Queue
+    ) -> None:
         """--dry-run leaves every key byte-for-byte unchanged and names the same jobs as the real run."""
         for _ in range(3):
             queue.enqueue(funcs.ok)
@@ -226,9 +271,14 @@ class TestRules:
         work(r, fast)
         work(r, slow)
         rule = RetentionRule(index=0, queues=("job_queue_*",), ages={"finished": 3600})
-        _, events = run(r, settings(finished=DAY, rules=(rule,)), time.time() + 2 * 3600)
+        _, events = run(
+            r, settings(finished=DAY, rules=(rule,)), time.time() + 2 * 3600
+        )
         assert deleted_ids(events) == {fast_job.id}
-        assert next(e["rule"] for e in events if e["event"] == "job_deleted") == "retention.rules[0].finished"
+        assert (
+            next(e["rule"] for e in events if e["event"] == "job_deleted")
+            == "retention.rules[0].finished"
+        )
         assert r.exists(KEYS.job(slow_job.id))
 
     def test_keep_last_caps_each_queue(self, r: redis.Redis, queue: Queue) -> None:
@@ -238,10 +288,13 @@ class TestRules:
             ids.append(queue.enqueue(funcs.ok).id)
             work(r, queue)
         _, events = run(r, settings(finished=30 * DAY, keep_last=2), time.time())
-        newest = [m.decode() for m in r.zrevrange(KEYS.finished("default"), 0, -1)]
+        members = cast("list[bytes]", r.zrevrange(KEYS.finished("default"), 0, -1))
+        newest = [m.decode() for m in members]
         assert len(newest) == 2
         assert deleted_ids(events) == set(ids) - set(newest)
-        assert {e["rule"] for e in events if e["event"] == "job_deleted"} == {"retention.keep_last"}
+        assert {e["rule"] for e in events if e["event"] == "job_deleted"} == {
+            "retention.keep_last"
+        }
 
 
 class TestAtomicRecheck:
@@ -252,29 +305,39 @@ class TestAtomicRecheck:
         ctx = TaskContext(client, KEYS, config, now, QueueFilter.build(config.rq))
         return [a for a in ExpireJobs().plan(ctx) if isinstance(a, Action)]
 
-    def test_job_requeued_after_planning_is_skipped(self, r: redis.Redis, queue: Queue) -> None:
+    def test_job_requeued_after_planning_is_skipped(
+        self, r: redis.Redis, queue: Queue
+    ) -> None:
         """A failed job requeued between plan and write is not deleted."""
         job = queue.enqueue(funcs.boom)
         work(r, queue)
         actions = self.plan(r, settings(failed=0), time.time())
         assert [a.fields["job_id"] for a in actions] == [job.id]
         queue.failed_job_registry.requeue(job.id)
-        applied = DeleteJob.apply_batch(r, [cast("DeleteJob", a.write) for a in actions], None, time.time())
+        applied = DeleteJob.apply_batch(
+            r, [cast("DeleteJob", a.write) for a in actions], None, time.time()
+        )
         assert applied == [False]
         assert Job.fetch(job.id, connection=r).get_status() == "queued"
 
-    def test_job_rerun_under_same_id_is_skipped(self, r: redis.Redis, queue: Queue) -> None:
+    def test_job_rerun_under_same_id_is_skipped(
+        self, r: redis.Redis, queue: Queue
+    ) -> None:
         """A custom job id that finished again after planning (new ended_at) is not deleted."""
         queue.enqueue(funcs.ok, job_id="nightly")
         work(r, queue)
         actions = self.plan(r, settings(finished=0), time.time())
         queue.enqueue(funcs.ok, job_id="nightly")
         work(r, queue)
-        applied = DeleteJob.apply_batch(r, [cast("DeleteJob", a.write) for a in actions], None, time.time())
+        applied = DeleteJob.apply_batch(
+            r, [cast("DeleteJob", a.write) for a in actions], None, time.time()
+        )
         assert applied == [False]
         assert r.exists(KEYS.job("nightly"))
 
-    def test_wrong_lease_token_writes_nothing(self, r: redis.Redis, queue: Queue) -> None:
+    def test_wrong_lease_token_writes_nothing(
+        self, r: redis.Redis, queue: Queue
+    ) -> None:
         """A batch whose lease token no longer matches raises and deletes nothing."""
         queue.enqueue(funcs.ok)
         work(r, queue)
@@ -283,7 +346,10 @@ class TestAtomicRecheck:
         before = snapshot(r)
         with pytest.raises(LeadershipLost):
             DeleteJob.apply_batch(
-                r, [cast("DeleteJob", a.write) for a in actions], Fence(b"janitor:leader", b"mine"), time.time()
+                r,
+                [cast("DeleteJob", a.write) for a in actions],
+                Fence(b"janitor:leader", b"mine"),
+                time.time(),
             )
         assert_unchanged(before, snapshot(r))
 
@@ -292,18 +358,34 @@ class TestGarbage:
     """Hashes RQ would never write are skipped and reported, never deleted, never a crash."""
 
     @pytest.fixture
-    def garbage(self, r: redis.Redis) -> Iterator[None]:
+    def garbage(self, r: redis.Redis) -> None:
         """A finished registry pointing at a broken hash, a non-hash, and a non-UTF-8 status."""
         now = time.time()
         r.sadd(KEYS.queues(), KEYS.queue("default"))
-        r.hset(KEYS.job("bad-time"), mapping={"status": "finished", "origin": "default", "ended_at": "yesterday"})
+        r.hset(
+            KEYS.job("bad-time"),
+            mapping={
+                "status": "finished",
+                "origin": "default",
+                "ended_at": "yesterday",
+            },
+        )
         r.set(KEYS.job("not-a-hash"), b"x")
-        r.hset(KEYS.job("bad-status"), mapping={"status": b"\xff\xfe", "origin": "default"})
-        r.hset(KEYS.job("no-status"), mapping={"origin": "default", "ended_at": "2020-01-01T00:00:00.000000Z"})
-        r.zadd(KEYS.finished("default"), {"bad-time": now, "not-a-hash": now, "bad-status": now, "no-status": now})
-        return None
+        r.hset(
+            KEYS.job("bad-status"), mapping={"status": b"\xff\xfe", "origin": "default"}
+        )
+        r.hset(
+            KEYS.job("no-status"),
+            mapping={"origin": "default", "ended_at": "2020-01-01T00:00:00.000000Z"},
+        )
+        r.zadd(
+            KEYS.finished("default"),
+            {"bad-time": now, "not-a-hash": now, "bad-status": now, "no-status": now},
+        )
 
-    def test_garbage_is_skipped_and_reported(self, r: redis.Redis, garbage: None) -> None:
+    def test_garbage_is_skipped_and_reported(
+        self, r: redis.Redis, garbage: None
+    ) -> None:
         """Unreadable job hashes produce skips, no deletes, no task failure."""
         before = snapshot(r)
         report, events = run(r, settings(finished=0), time.time() + DAY)
@@ -311,3 +393,25 @@ class TestGarbage:
         assert report.failed_tasks == ()
         assert report.tasks[0].skipped == 4
         assert_unchanged(before, snapshot(r))
+
+
+class TestWrongTypes:
+    """A key of the wrong type under an RQ name spoils only its own job, never the batch."""
+
+    def test_wrong_type_side_keys_keep_the_job_and_the_batch_goes_on(
+        self, r: redis.Redis
+    ) -> None:
+        """Jobs whose started registry or group is garbage are kept; the other jobs of the batch are deleted."""
+        spoiled, clean = Queue("spoiled", connection=r), Queue("clean", connection=r)
+        kept = spoiled.enqueue(funcs.ok)
+        grouped = clean.enqueue(funcs.ok)
+        deleted = clean.enqueue(funcs.ok)
+        work(r, spoiled, clean)
+        r.set(KEYS.started("spoiled"), b"garbage")
+        r.hset(KEYS.job(grouped.id), "group_id", "g1")
+        r.set(KEYS.group("g1"), b"garbage")
+        report, events = run(r, settings(finished=0), time.time())
+        assert report.failed_tasks == ()
+        assert deleted_ids(events) == {deleted.id}
+        assert r.exists(KEYS.job(kept.id))
+        assert r.exists(KEYS.job(grouped.id))
