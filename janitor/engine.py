@@ -144,7 +144,9 @@ def _run_task(  # noqa: PLR0913 - keyword-only flags
         error = _LEASE_LOST
         log.error("leadership_lost", task=name, reason=str(err))  # noqa: TRY400 - an expected state, no traceback
         audit.emit("task_failed", error=f"LeadershipLost: {err}")
-    except Exception as err:  # one broken task must not stop the others (logged, audited)
+    except (
+        Exception
+    ) as err:  # one broken task must not stop the others (logged, audited)
         error = f"{type(err).__name__}: {err}"
         log.exception("task_crashed", task=name)
         audit.emit("task_failed", error=error)

@@ -1,0 +1,1 @@
+"""The test suite: real servers, real RQ, no mocks."""

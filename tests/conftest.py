@@ -21,7 +21,9 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         if os.environ.get("CI"):
             raise
         pytest.skip(str(err))
-    server = RedisServer(binary=binary, workdir=tmp_path_factory.mktemp("redis")).start()
+    server = RedisServer(
+        binary=binary, workdir=tmp_path_factory.mktemp("redis")
+    ).start()
     yield server
     server.stop()
 
@@ -43,6 +45,7 @@ class Clock:
         self.value = start
 
     def __call__(self) -> float:
+        """The current time of this clock."""
         return self.value
 
     def advance(self, seconds: float) -> None:

@@ -14,15 +14,17 @@ def snapshot(client: redis.Redis) -> dict[bytes, tuple[bytes, int]]:
     result: dict[bytes, tuple[bytes, int]] = {}
     for key in client.scan_iter(count=1000):
         raw_key = cast("bytes", key)
-        dumped = cast("bytes | None", client.dump(raw_key))
+        dumped = client.dump(raw_key)
         if dumped is not None:
-            result[raw_key] = (dumped, cast("int", client.pttl(raw_key)))
+            result[raw_key] = (dumped, client.pttl(raw_key))
     return result
 
 
-def assert_unchanged(before: dict[bytes, tuple[bytes, int]], after: dict[bytes, tuple[bytes, int]]) -> None:
+def assert_unchanged(
+    before: dict[bytes, tuple[bytes, int]], after: dict[bytes, tuple[bytes, int]]
+) -> None:
     """Assert two snapshots hold the same keys with the same bytes and TTL state."""
-    assert sorted(before) == sorted(after), (set(before) ^ set(after))
+    assert sorted(before) == sorted(after), set(before) ^ set(after)
     for key, (value, ttl) in before.items():
         value_after, ttl_after = after[key]
         assert value == value_after, key

@@ -123,7 +123,10 @@ class ExpireJobs:
     ) -> Iterator[Action | Skip]:
         job_id, raw_score = entry.job_id, entry.raw_score
         where = {"queue": reg.name, "job_id": to_text(job_id), "registry": reg.kind}
-        if any(isinstance(r, Exception) for r in (entry.fields, entry.dependents, entry.executions)):
+        if any(
+            isinstance(r, Exception)
+            for r in (entry.fields, entry.dependents, entry.executions)
+        ):
             yield Skip(NAME, "a key of the job has the wrong type", where)
             return
         job = JobFields.from_reply(job_id, cast("list[bytes | None]", entry.fields))
