@@ -14,6 +14,7 @@ import redis
 from rq import Queue
 
 from janitor.keyspace import Keyspace
+from janitor.tasks import TASKS
 from tests import funcs
 from tests.funcs import work
 from tests.servers import RedisServer, free_port
@@ -90,10 +91,9 @@ class TestRunOnce:
         assert deleted == set(state["finished"])
         assert all(not r.exists(KEYS.job(j)) for j in state["finished"])
         assert all(r.exists(KEYS.job(j)) for j in state["failed"] + state["queued"])
-        assert [e["task"] for e in events if e["event"] == "run_finished"] == [
-            "expire_jobs",
-            "recover_abandoned",
-        ]
+        assert [e["task"] for e in events if e["event"] == "run_finished"] == list(
+            TASKS
+        )
         assert "expire_jobs: ok: 3 job_deleted" in result.stderr
         assert not r.exists("janitor:leader"), "the lease is released at the end"
 
