@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, cast
@@ -11,7 +12,7 @@ from redis.commands.core import Script
 
 from janitor import scripts
 from janitor.errors import LeadershipLost
-from janitor.keyspace import JANITOR_PREFIX
+from janitor.keyspace import JANITOR_PREFIX, Keyspace
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,11 +76,18 @@ def run_script(
     keys: Sequence[bytes],
     args: Sequence[bytes | str | int | float],
 ) -> object:
-    """Run a Lua script by its SHA (EVALSHA), loading it again where the server lost it."""
+    """Run a write script by its SHA (EVALSHA), loading it again where the server lost it.
+
+    Each call gets a fresh memo key (see ``scripts.memoized``): when redis-py retries the
+    call after a lost reply, the retry returns the reply of the run that happened.
+    """
     script = _scripts.get(source)
     if script is None:
-        script = _scripts[source] = client.register_script(source)
-    return script(keys=keys, args=args, client=client)
+        script = _scripts[source] = client.register_script(scripts.memoized(source))
+    memo_key = Keyspace.janitor_key("memo", uuid.uuid4().hex)
+    reply = script(keys=[*keys, memo_key], args=args, client=client)
+    client.unlink(memo_key)  # the reply arrived: no retry can need the memo any more
+    return reply
 
 
 def _fence_args(fence: Fence | None) -> tuple[bytes, bytes]:
@@ -230,6 +238,20 @@ def _flags(reply: object, what: str) -> list[bool]:
     return [bool(flag) for flag in cast("list[int]", reply)]
 
 
+def run_fenced(
+    client: redis.Redis,
+    source: str,
+    fence: Fence | None,
+    keys: Sequence[bytes],
+    args: Sequence[bytes | str | int | float],
+) -> list[int]:
+    """Run a write script with the lease key and token put first; return its per-write replies."""
+    fence_key, token = _fence_args(fence)
+    reply = run_script(client, source, [fence_key, *keys], [token, *args])
+    _flags(reply, "writes")  # raises LeadershipLost when the script was fenced out
+    return cast("list[int]", reply)
+
+
 @dataclass(frozen=True, slots=True)
 class PruneWorkerSets:
     """Remove a worker from worker sets if its hash is still gone (what RQ itself does).
@@ -376,6 +398,8 @@ class SetJanitorState:
         for write in writes:
             state = cast("SetJanitorState", write)
             keys.append(state.key)
-            mode = "del" if state.value is None else "nx" if state.only_if_absent else "set"
+            mode = "nx" if state.only_if_absent else "set"
+            if state.value is None:
+                mode = "del"
             args += [mode, state.value or b"", state.ttl_s]
         return _flags(run_script(client, cls.source, keys, args), "state writes")

@@ -17,6 +17,34 @@ if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
 end
 """
 
+MEMO_TTL_S = 120
+"""How long a batch's replies are kept, so a retried call returns them instead of re-running."""
+
+
+def memoized(source: str) -> str:
+    """Wrap a script so that its reply is remembered under its last key, which the caller adds.
+
+    A connection cut after Redis ran a batch but before the reply arrived makes redis-py
+    retry the same call; the retry then returns the first run's reply instead of running
+    the re-checks again (which would now fail for the jobs already deleted, and so lose
+    their audit lines). The memo key is removed from KEYS before the script body runs.
+    """
+    return f"""
+local memo_key = KEYS[#KEYS]
+KEYS[#KEYS] = nil
+local memo = redis.call('GET', memo_key)
+if memo then return cjson.decode(memo) end
+local function body()
+{source}
+end
+local reply = body()
+if type(reply) == 'table' then
+  redis.call('SET', memo_key, cjson.encode(reply), 'EX', {MEMO_TTL_S})
+end
+return reply
+"""
+
+
 _GUARDS = """
 -- A read that must not abort the batch: a key of the wrong type (garbage under an RQ
 -- name) makes only its own job ineligible. Returns the reply (false for nil) and ok.
@@ -282,3 +310,118 @@ end
 return out
 """
 )
+
+CLEANING_MARKER = (
+    _FENCE
+    + """
+-- Takes ('take': SET NX EX, so a TTL from birth) or gives back ('give': DEL only while
+-- it holds this run's token) rq:clean_registries:<q> markers. KEYS: 1 lease, then the
+-- markers. ARGV: 1 token, 2 count, then per marker: op, marker token, ttl seconds.
+local out = {}
+for j = 1, tonumber(ARGV[2]) do
+  local key, a = KEYS[1 + j], 3 + 3 * (j - 1)
+  local op, token, ttl = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  out[j] = 0
+  if op == 'take' then
+    if redis.call('SET', key, token, 'NX', 'EX', ttl) then out[j] = 1 end
+  elseif redis.call('TYPE', key)['ok'] == 'string' and redis.call('GET', key) == token then
+    out[j] = redis.call('DEL', key)
+  end
+end
+return out
+"""
+)
+"""Takes and gives back queue maintenance markers (``clean_registries``)."""
+
+CLEAN_REGISTRY_ENTRIES = (
+    _FENCE
+    + _GUARDS
+    + """
+-- RQ's registry hygiene, only while the queue's marker holds this run's token, each entry
+-- re-checked; returns per write the number of entries removed. ARGV: 1 token, 2 count,
+-- then per write: op, marker token, member, score, colon ('1'/'0'). KEYS: 1 lease, then
+-- per write: marker, registry, job hash, prefix job hash, execution hash.
+--   expire: ZREMRANGEBYSCORE registry 0 score, exactly as RQ's cleanup.
+--   gone:   ZREM member if its score is unchanged and its job hash is still missing.
+--   wip:    ZREM a started member scored in [0, score] if no job hash exists under
+--           either reading of it (1.x '<id>', 2.x '<id>:<exec>'), or its job is
+--           terminal and (2.x) the execution hash is gone (rq-keyspace.md 9.3).
+local terminal = {finished = true, failed = true, stopped = true, canceled = true}
+local function is_terminal(job)
+  local status = read('HGET', job, 'status')
+  return status and terminal[status] or false
+end
+local function stale(registry, member, cutoff, job, prefix_job, execution, colon)
+  local score = tonumber(read('ZSCORE', registry, member) or '')
+  if not score or score < 0 or score > cutoff then return false end
+  if redis.call('EXISTS', job) == 1 then return is_terminal(job) end
+  if colon ~= '1' or redis.call('EXISTS', prefix_job) == 0 then return true end
+  return is_terminal(prefix_job) and redis.call('EXISTS', execution) == 0
+end
+local out = {}
+local k, a = 2, 3
+for j = 1, tonumber(ARGV[2]) do
+  local marker, registry, job = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+  local op, token, member, score = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local done = 0
+  if read('GET', marker) == token and writable(registry, 'zset') then
+    if op == 'expire' then
+      done = redis.call('ZREMRANGEBYSCORE', registry, 0, score)
+    elseif op == 'gone' then
+      if read('ZSCORE', registry, member) == score and redis.call('EXISTS', job) == 0 then
+        done = redis.call('ZREM', registry, member)
+      end
+    elseif stale(registry, member, tonumber(score), job, KEYS[k + 3], KEYS[k + 4], ARGV[a + 4]) then
+      done = redis.call('ZREM', registry, member)
+    end
+  end
+  out[j] = done
+  k, a = k + 5, a + 5
+end
+return out
+"""
+)
+"""Removes expired and dangling registry entries of a queue (``clean_registries``)."""
+
+DELETE_ORPHANS = (
+    _FENCE
+    + _GUARDS
+    + """
+-- Deletes keys that belong to no job, each re-checked: still of the planned type and
+-- without TTL, and its owner job hash still missing; a dependents set must hold exactly
+-- the planned children, each missing or terminal. A ghost job hash must still lack
+-- 'data' with 'status' and 'last_heartbeat' as planned ('+' .. value, '' if absent).
+-- ARGV: 1 token, 2 count, then per key: type, ghost ('1'/'0'), status, heartbeat, child
+-- count n, the n child ids. KEYS: 1 lease, then per key: it, its owner job, n child jobs.
+local terminal = {finished = true, failed = true, stopped = true, canceled = true}
+local function field(key, name)
+  local value = redis.call('HGET', key, name)
+  return value and ('+' .. value) or ''
+end
+local function children_done(key, a, k, n)
+  if redis.call('SCARD', key) ~= n then return false end
+  for c = 0, n - 1 do
+    if redis.call('SISMEMBER', key, ARGV[a + c]) ~= 1 then return false end
+    local status = read('HGET', KEYS[k + c], 'status')
+    if status and not terminal[status] then return false end
+  end
+  return true
+end
+local out = {}
+local k, a = 2, 3
+for j = 1, tonumber(ARGV[2]) do
+  local key, owner, n = KEYS[k], KEYS[k + 1], tonumber(ARGV[a + 4])
+  local ok = redis.call('PTTL', key) == -1 and redis.call('TYPE', key)['ok'] == ARGV[a]
+  if ok and ARGV[a + 1] == '1' then
+    ok = redis.call('HEXISTS', key, 'data') == 0 and field(key, 'status') == ARGV[a + 2]
+      and field(key, 'last_heartbeat') == ARGV[a + 3]
+  elseif ok then
+    ok = redis.call('EXISTS', owner) == 0 and (n == 0 or children_done(key, a + 5, k + 2, n))
+  end
+  out[j] = ok and redis.call('UNLINK', key) or 0
+  k, a = k + 2 + n, a + 5 + n
+end
+return out
+"""
+)
+"""Deletes orphaned side keys and ghost job hashes (``sweep_orphans``)."""
