@@ -171,14 +171,15 @@ def run(  # noqa: PLR0913 - one parameter per documented option
     log_format: str | None,
 ) -> int:
     """Run the maintenance tasks: once with --once, else as a daemon."""
-    if not once:
-        if dry_run or tasks or queues:
-            msg = "--dry-run, --task and --queue go with --once"
-            raise click.UsageError(msg, ctx)
-        msg = "the daemon mode (janitor run without --once) is not in this version yet; use --once from cron"
+    if not once and (dry_run or tasks or queues):
+        msg = "--dry-run, --task and --queue go with --once"
         raise click.UsageError(msg, ctx)
     settings = _options(ctx, config, redis_url, log_format).load()
     configure_logging(settings.log_format)
+    if not once:
+        from janitor.daemon import serve
+
+        return serve(settings)
     client = connect(settings.redis)
     audit = AuditLog.open(settings.audit.path)
     lease: Lease | None = None
@@ -261,6 +262,73 @@ def show_config(
     """Print the effective settings and where each came from (secrets redacted)."""
     settings = _options(ctx, config, redis_url, log_format).load()
     click.echo(render_settings(settings))
+    return EXIT_OK
+
+
+_JSON_HELP = "Print the documented JSON (docs/report.md) instead of tables."
+
+
+@main.command(name="report")
+@click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
+@click.option(
+    "--queue",
+    "queues",
+    multiple=True,
+    metavar="GLOB",
+    help="Only queues matching GLOB (repeatable).",
+)
+@global_options
+@click.pass_context
+@_handled
+def report_command(  # noqa: PLR0913 - one parameter per documented option
+    ctx: click.Context,
+    *,
+    as_json: bool,
+    queues: tuple[str, ...],
+    config: str | None,
+    redis_url: str | None,
+    log_format: str | None,
+) -> int:
+    """Read-only: per queue and state, counts, ages, leaks, and when RQ and the janitor delete jobs."""
+    import json
+    import time
+
+    from janitor.report import build_report
+    from janitor.report_text import render_report
+
+    settings = _options(ctx, config, redis_url, log_format).load()
+    configure_logging(settings.log_format)
+    data = build_report(connect(settings.redis), settings, time.time(), queues=queues)
+    click.echo(json.dumps(data, indent=2) if as_json else render_report(data))
+    return EXIT_OK
+
+
+@main.command(name="explain")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
+@global_options
+@click.pass_context
+@_handled
+def explain_command(  # noqa: PLR0913 - one parameter per documented option
+    ctx: click.Context,
+    job_id: str,
+    *,
+    as_json: bool,
+    config: str | None,
+    redis_url: str | None,
+    log_format: str | None,
+) -> int:
+    """Read-only: a job's state, the rule that applies, and when RQ and the janitor delete it."""
+    import json
+    import time
+
+    from janitor.explain import explain
+    from janitor.report_text import render_explain
+
+    settings = _options(ctx, config, redis_url, log_format).load()
+    configure_logging(settings.log_format)
+    data = explain(connect(settings.redis), settings, job_id, time.time())
+    click.echo(json.dumps(data, indent=2) if as_json else render_explain(data))
     return EXIT_OK
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -17,7 +20,7 @@ import redis
 
 from janitor.audit import AuditLog
 from janitor.config import RetentionRule, RetentionSettings, Settings
-from janitor.demo_jobs import import_dataset, resize_image
+from janitor.demo_jobs import import_dataset, render_map, resize_image
 from janitor.engine import run_once
 from janitor.errors import EXIT_OK, JanitorError
 from janitor.keyspace import Keyspace, iter_queue_names, to_text
@@ -69,6 +72,7 @@ def _show(server: RedisServer, binary: Path) -> None:
     )
     click.echo("Filling it with real RQ state: a real `rq worker` runs real jobs ...")
     per_job = _fill(client, server.url)
+    doomed = _kill_a_worker_mid_job(client, server.url)
     _table(client, "Before")
     settings = Settings(
         retention=RetentionSettings(
@@ -82,36 +86,91 @@ def _show(server: RedisServer, binary: Path) -> None:
         )
     )
     click.echo(
-        "\nThe janitor runs once with its default policy (finished 1d, failed 30d, canceled 1d)\n"
-        "plus one rule for actinia-style per_job queues (finished 1h). Its clock is passed in,\n"
-        "so the demo runs it as if 8 days had gone by:\n"
-        "    janitor run --once      # what you would run from cron\n"
+        "\nThe janitor runs with its default policy (finished 1d, failed 30d, canceled 1d) plus one\n"
+        "rule for actinia-style per_job queues (finished 1h). Its clock is passed in, so the demo\n"
+        "runs it as if 8 days had gone by, and once more two hours later, as cron would:\n"
+        "    janitor run --once\n"
     )
+    first = _pass(client, settings, FAST_FORWARD_S)
+    click.echo("Audit log of the first pass (JSON lines; the first three):")
+    for line in first[:3]:
+        click.echo(f"    {line}")
+    click.echo(f"    ... {len(first) - 3} more")
+    second = _pass(client, settings, FAST_FORWARD_S + 2 * 3600)
+    for title, lines in (("first pass", first), ("second pass", second)):
+        counts = Counter(json.loads(line)["event"] for line in lines)
+        counts.pop("run_finished", None)
+        summary = (
+            ", ".join(f"{n} {event}" for event, n in sorted(counts.items()))
+            or "nothing"
+        )
+        click.secho(f"{title}: {summary}", fg="green")
+    pruned = sum(json.loads(line)["event"] == "queue_pruned" for line in second)
+    _table(client, "After")
+    click.echo(
+        "\nFinished and canceled jobs older than their retention are gone with every key they had\n"
+        "(result streams, dependents, executions); the failed ones wait for their 30 days; the\n"
+        "queued, deferred and scheduled jobs were never touched. The killed worker "
+        f"{doomed!r} left\nrq:workers on the first pass; its job, confirmed abandoned on the second, "
+        "is now failed.\n"
+        f"{pruned} drained queues ({len(per_job)} per_job ones among them) left rq:queues after an hour of grace.\n"
+        "The app's own key myapp:session:42 was never written: the janitor touches RQ's keys only."
+    )
+
+
+def _pass(client: redis.Redis, settings: Settings, ahead_s: float) -> list[str]:
+    """One run of every task with the clock ``ahead_s`` ahead; its audit lines."""
     stream = io.StringIO()
-    report = run_once(
+    run_once(
         client,
         settings,
         AuditLog(stream),
         dry_run=False,
-        now=lambda: time.time() + FAST_FORWARD_S,
+        now=lambda: time.time() + ahead_s,
     )
-    lines = stream.getvalue().splitlines()
-    click.echo("Audit log (JSON lines; the first three of them):")
-    for line in lines[:3]:
-        click.echo(f"    {line}")
-    click.echo(f"    ... {len(lines) - 3} more")
-    for task in report.tasks:
-        click.secho(
-            f"{task.task}: {task.counts.get('job_deleted', 0)} jobs deleted in {task.duration_s:.2f}s",
-            fg="green",
-        )
-    _table(client, "After")
+    return stream.getvalue().splitlines()
+
+
+def _kill_a_worker_mid_job(client: redis.Redis, url: str) -> str:
+    """Start a real worker on a long job and SIGKILL it, as an OOM kill would; return its name."""
+    from rq import Queue
+
+    job = Queue("imports", connection=client).enqueue(render_map, "world.tif", 600)
+    name = f"doomed-{uuid.uuid4().hex[:6]}"
+    command = [
+        sys.executable,
+        "-m",
+        "rq.cli",
+        "worker",
+        "-w",
+        "rq.worker.SimpleWorker",
+        "--name",
+        name,
+        "--url",
+        url,
+        "imports",
+    ]
+    worker = subprocess.Popen(  # noqa: S603 - our own argument list, no shell
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + WORKER_TIMEOUT_S
+    while client.hget(Keyspace().job(job.id), "status") != b"started":
+        if time.monotonic() > deadline:
+            worker.kill()
+            msg = "the demo's worker did not start its job"
+            raise DemoError(msg)
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    # Its hash and execution expire 4 minutes after the kill; expire them now to spare the wait.
+    keys = Keyspace()
+    client.delete(
+        keys.worker(name), *client.scan_iter(match=keys.glob("execution", job.id, "*"))
+    )
     click.echo(
-        "\nFinished and canceled jobs older than their retention are gone with every key they had\n"
-        "(result streams, dependents, executions), the failed ones wait for their 30 days, and the\n"
-        f"queued, deferred and scheduled jobs were never touched. The {len(per_job)} per_job queues lost their jobs.\n"
-        "An app's own keys sharing the database are never written: the janitor touches RQ's keys only."
+        f"... and a worker ({name}) was killed with SIGKILL in the middle of a job."
     )
+    return name
 
 
 def _fill(client: redis.Redis, url: str) -> list[str]:

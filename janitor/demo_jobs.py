@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 
 def resize_image(name: str) -> str:
     """Pretend to resize an image, and succeed."""
@@ -12,3 +14,9 @@ def import_dataset(name: str) -> None:
     """Pretend to import a dataset, and fail the way real jobs do."""
     msg = f"cannot import {name}: upstream answered 503"
     raise RuntimeError(msg)
+
+
+def render_map(name: str, seconds: float) -> str:
+    """Pretend to render a map for a long time."""
+    time.sleep(seconds)
+    return f"rendered {name}"

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import groupby, islice
+from itertools import groupby
 
 import redis
 
@@ -19,9 +20,20 @@ from janitor.keyspace import Keyspace
 from janitor.leader import Lease
 from janitor.policy import QueueFilter
 from janitor.tasks import TASKS, TaskContext
+from janitor.tasks.base import (
+    DECISIONS_IN_FLIGHT,
+    MAX_BATCH,
+    Decided,
+    DecidingTask,
+    Decision,
+    Pace,
+    Task,
+)
 
-BATCH_SIZE = 500
-"""How many planned actions the engine applies per atomic script call."""
+BATCH_SIZE = MAX_BATCH
+"""The most planned actions (or judged entries) the engine applies per atomic script call.
+
+The actual size adapts to the measured time of each call (see ``tasks.base.Pace``)."""
 
 log = get_logger(__name__)
 
@@ -60,14 +72,6 @@ class RunReport:
         return dict(total)
 
 
-def _batched(
-    items: Iterable[Action | Skip], size: int
-) -> Iterator[list[Action | Skip]]:
-    iterator = iter(items)
-    while batch := list(islice(iterator, size)):
-        yield batch
-
-
 def run_once(  # noqa: PLR0913 - every flag is keyword-only and named for what it does
     client: redis.Redis,
     settings: Settings,
@@ -82,9 +86,10 @@ def run_once(  # noqa: PLR0913 - every flag is keyword-only and named for what i
     """Run the selected tasks once, in contract order; one failing task does not stop the rest.
 
     A dry run plans exactly as a real one and writes the same audit events with
-    ``dry_run: true``, but applies nothing. A real run confirms ``lease`` before every
-    batch, and its write scripts check the lease token atomically; when the lease is
-    lost the run stops before its next write.
+    ``dry_run: true``, but applies nothing. A real run confirms ``lease`` before its
+    first write and renews it as it goes (before every batch of planned actions, in the
+    background while decision pages are in flight), and its write scripts check the
+    lease token atomically; when the lease is lost nothing more is written.
     """
     run_id = uuid.uuid4().hex
     selected = [name for name in TASKS if not only or name in only]
@@ -96,6 +101,7 @@ def run_once(  # noqa: PLR0913 - every flag is keyword-only and named for what i
         now=now(),
         allows_queue=QueueFilter.build(settings.rq, queues),
         dry_run=dry_run,
+        pace=Pace(),
     )
     for name in selected:
         with audit.bound(run_id=run_id, task=name, dry_run=dry_run):
@@ -121,25 +127,10 @@ def _run_task(  # noqa: PLR0913 - keyword-only flags
     now: Callable[[], float],
 ) -> TaskReport:
     started = time.monotonic()
-    counts: Counter[str] = Counter()
-    skipped = 0
+    runner = _Runner(context, audit, dry_run=dry_run, lease=lease, now=now)
     error: str | None = None
     try:
-        for batch in _batched(TASKS[name].plan(context), BATCH_SIZE):
-            actions = [item for item in batch if isinstance(item, Action)]
-            for skip in (item for item in batch if isinstance(item, Skip)):
-                skipped += 1
-                log.warning(
-                    "job_skipped", task=skip.task, reason=skip.reason, **skip.fields
-                )
-            if dry_run:
-                done = [a for a in actions if a.event is not None]
-            else:
-                done = _apply(context.client, actions, lease, now())
-            for action in done:
-                if action.event is not None:
-                    audit.emit(action.event, **action.fields)
-                    counts[action.event] += 1
+        runner.run(_plan(TASKS[name], context))
     except LeadershipLost as err:
         error = _LEASE_LOST
         log.error("leadership_lost", task=name, reason=str(err))  # noqa: TRY400 - an expected state, no traceback
@@ -151,8 +142,156 @@ def _run_task(  # noqa: PLR0913 - keyword-only flags
         log.exception("task_crashed", task=name)
         audit.emit("task_failed", error=error)
     duration = time.monotonic() - started
-    audit.emit("run_finished", counts=dict(counts), duration_s=round(duration, 3))
-    return TaskReport(name, dict(counts), skipped, duration, error)
+    counts = dict(runner.counts)
+    audit.emit("run_finished", counts=counts, duration_s=round(duration, 3))
+    return TaskReport(name, counts, runner.skipped, duration, error)
+
+
+def _plan(task: Task, context: TaskContext) -> Iterable[Action | Skip | Decision]:
+    """The task's faster plan where it has one (see ``DecidingTask``), else its plan."""
+    if isinstance(task, DecidingTask):
+        return task.decide(context)
+    return task.plan(context)
+
+
+class _Runner:
+    """Applies one task's plan: actions in batches, decisions pipelined, audited as they land.
+
+    The batch size follows ``context.pace``: each script call's measured time sets the
+    size of the next, so no single call blocks Redis for long. Up to
+    ``DECISIONS_IN_FLIGHT`` decision pages are sent ahead, so Redis runs one while the
+    janitor audits the one before and prepares the next; pages are small enough that
+    at most ``BATCH_SIZE`` jobs are ever deleted without their audit lines yet written.
+    The lease is renewed in the background meanwhile; the write scripts check it anyway.
+    """
+
+    def __init__(
+        self,
+        context: TaskContext,
+        audit: AuditLog,
+        *,
+        dry_run: bool,
+        lease: Lease | None,
+        now: Callable[[], float],
+    ) -> None:
+        self.context = context
+        self.audit = audit
+        self.dry_run = dry_run
+        self.lease = lease if not dry_run else None
+        self.now = now
+        self.pace = context.pace
+        self.pace.restart()
+        self.counts: Counter[str] = Counter()
+        self.skipped = 0
+        self.pending: list[Action] = []
+        self.inflight: deque[tuple[int, float, Callable[[], Decided]]] = deque()
+        self.answered = 0.0
+        """When the last decision's answer arrived: the next one's work starts there."""
+        self.confirmed = False
+        self.renewal: Future[None] | None = None
+
+    def run(self, items: Iterable[Action | Skip | Decision]) -> None:
+        """Apply every item of a plan."""
+        try:
+            for item in items:
+                if isinstance(item, Action):
+                    self._add(item)
+                elif isinstance(item, Skip):
+                    self._skip(item)
+                else:
+                    self._send(item)
+        finally:
+            self._drain()  # pages in flight get their answers and audit lines, always
+            if self.renewal is not None:
+                self.renewal.exception()  # wait; a lost lease is the next task's news
+        self._flush()
+
+    def _add(self, action: Action) -> None:
+        self.pending.append(action)
+        if len(self.pending) >= self.pace.size:
+            self._flush()
+
+    def _skip(self, skip: Skip) -> None:
+        self.skipped += 1
+        log.warning("job_skipped", task=skip.task, reason=skip.reason, **skip.fields)
+
+    def _flush(self) -> None:
+        self._drain()
+        if not self.pending:
+            return
+        if self.renewal is not None:  # settle it: _apply confirms the lease itself
+            renewal, self.renewal = self.renewal, None
+            renewal.result()
+        batch, self.pending = self.pending, []
+        if self.dry_run:
+            done = [a for a in batch if a.event is not None]
+        else:
+            started = time.perf_counter()
+            done = _apply(self.context.client, batch, self.lease, self.now())
+            self.pace.record(len(batch), time.perf_counter() - started)
+        self._audit(done)
+
+    def _send(self, decision: Decision) -> None:
+        while len(self.inflight) >= DECISIONS_IN_FLIGHT:
+            self._finish_oldest()
+        if self.pending:
+            self._flush()
+        fence = self._fence()
+        receive = decision.send(self.context.client, fence, dry_run=self.dry_run)
+        self.inflight.append((len(decision), time.perf_counter(), receive))
+
+    def _fence(self) -> Fence | None:
+        """The lease's fence; renewed before the first page, then in the background.
+
+        A renewal that failed (lease lost, or the daemon stopping) stops the task here,
+        before the next page; a page sent meanwhile carries the token, which its
+        script checks, so nothing is ever written without the lease.
+        """
+        if self.lease is None:
+            return None
+        if not self.confirmed:
+            self.lease.confirm()
+            self.confirmed = True
+        elif self.renewal is None or self.renewal.done():
+            if self.renewal is not None:
+                self.renewal.result()  # raises LeadershipLost
+            self.renewal = _RENEWER.submit(self.lease.confirm)
+        return self.lease.fence
+
+    def _finish_oldest(self) -> None:
+        size, sent, receive = self.inflight.popleft()
+        decided = receive()
+        answered = time.perf_counter()
+        self.pace.record(size, answered - max(sent, self.answered))
+        self.answered = answered
+        self._audit_events(decided.events)
+        for item in decided.rest:
+            if isinstance(item, Action):
+                self.pending.append(item)
+            else:
+                self._skip(item)
+
+    def _drain(self) -> None:
+        """Read every page in flight: each gets its audit lines; the first error wins."""
+        error: Exception | None = None
+        while self.inflight:
+            try:
+                self._finish_oldest()
+            except Exception as err:  # noqa: BLE001 - the other pages are still read, then it is raised
+                error = error or err
+        if error is not None:
+            raise error
+
+    def _audit(self, done: Sequence[Action]) -> None:
+        self._audit_events([(a.event, a.fields) for a in done if a.event is not None])
+
+    def _audit_events(self, events: Sequence[tuple[str, Mapping[str, object]]]) -> None:
+        self.audit.emit_many(events)
+        self.counts.update(event for event, _ in events)
+
+
+_RENEWER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="janitor-lease")
+"""Renews the lease while pages are in flight (a renewal waits behind them in Redis)."""
 
 
 def _apply(

@@ -10,7 +10,7 @@ free-form before RQ 2.8 and the client is a bytes client.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import cast
 
@@ -212,6 +212,46 @@ class Keyspace:
     def worker_scan_cursor(self) -> bytes:
         """``janitor:prune_workers:cursor:<prefix>``: where prune_workers' keyspace SCAN resumes."""
         return self.janitor_key("prune_workers", "cursor", self.prefix)
+
+    def orphan_scan_cursor(self) -> bytes:
+        """``janitor:sweep_orphans:cursor:<prefix>``: where sweep_orphans' keyspace SCAN resumes."""
+        return self.janitor_key("sweep_orphans", "cursor", self.prefix)
+
+    def scheduled_sighting(self, job_id: str | bytes) -> bytes:
+        """``janitor:clean_registries:scheduled:<prefix>:<id>``: a dangling scheduled id's first sighting.
+
+        Keyed by job id alone: RQ has one job hash per id, so an id is in one queue.
+        """
+        return self.janitor_key("clean_registries", "scheduled", self.prefix, job_id)
+
+    def parse_execution_key(self, key: bytes) -> tuple[bytes, bytes] | None:
+        """Split ``rq:execution:<id>:<exec>`` into job and execution id, else None.
+
+        The tail is RQ's composite ``<id>:<exec>``, split as RQ splits it (last colon);
+        execution ids are RQ-made hex strings without a colon.
+        """
+        head = self._key("execution", b"")
+        if not key.startswith(head):
+            return None
+        job_id, execution_id = self.parse_started_member(key[len(head) :], Layout.RQ2)
+        return (job_id, execution_id) if job_id and execution_id else None
+
+
+_SLOT = b"\x00"
+"""Stands in for the id when a key template is read off its builder."""
+
+
+def id_in(build: Callable[[bytes], bytes], key: bytes) -> bytes | None:
+    """Return the ``<id>`` in ``key`` if it has the shape ``build`` makes, else None.
+
+    ``build`` is a one-id builder such as ``Keyspace.results``; its template (head and
+    tail around the id) is read off the builder itself, so parsing cannot drift from
+    building, and nothing is split on ``:``, which ids may contain before RQ 2.1.
+    """
+    head, _, tail = build(_SLOT).partition(_SLOT)
+    if len(key) > len(head) + len(tail) and key.startswith(head) and key.endswith(tail):
+        return key[len(head) : len(key) - len(tail)]
+    return None
 
 
 def iter_queue_names(

@@ -91,20 +91,22 @@ for j = 1, tonumber(ARGV[3]) do
   elseif current ~= score or deps ~= ndeps then ok = 0
   elseif has_group == '1' and not writable(group, 'set') then ok = 0
   end
+  local stale = {}
   if ok == 1 then
     for m = member0, member0 + nmembers - 1 do
       local s, read_s = read('ZSCORE', started, ARGV[m])
-      if not read_s or (s and (tonumber(s) == nil or tonumber(s) > now)) then ok = 0 end
+      if not read_s or (s and (tonumber(s) == nil or tonumber(s) > now)) then ok = 0
+      elseif s then stale[#stale + 1] = ARGV[m] end
     end
     for x = exec0, exec0 + nexec - 1 do
       if redis.call('EXISTS', KEYS[x]) == 1 then ok = 0 end
     end
   end
   if ok == 1 then
+    -- Only the members found (all stale) are removed, and the job's keys go in one call.
     redis.call('ZREM', registry, id)
-    for m = member0, member0 + nmembers - 1 do redis.call('ZREM', started, ARGV[m]) end
-    redis.call('UNLINK', job, dependents)
-    for x = side0, side0 + nside - 1 do redis.call('UNLINK', KEYS[x]) end
+    if #stale > 0 then redis.call('ZREM', started, unpack(stale)) end
+    redis.call('UNLINK', job, dependents, unpack(KEYS, side0, side0 + nside - 1))
     if has_group == '1' then redis.call('SREM', group, id) end
   end
   out[j] = ok
@@ -112,6 +114,169 @@ for j = 1, tonumber(ARGV[3]) do
   a = a + 10 + nmembers
 end
 return out
+"""
+)
+
+
+_RQ_TIME = """
+-- RQ's utcformat ('2026-10-20T06:48:14.418003Z', 27 characters) as microseconds since
+-- the epoch, or nil for anything else, including impossible dates: strict on purpose,
+-- so that only values Python's strptime reads the same way take the fast path.
+-- (The digits are read as bytes: captures and tonumber cost twice as much.)
+local MONTH_DAYS = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31}
+local function rq_micros(t)
+  if not t or #t ~= 27 or not string.find(t, '^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%d%d%d%dZ$') then
+    return nil
+  end
+  local y1, y2, y3, y4, _, m1, m2, _, d1, d2, _, h1, h2, _, i1, i2, _, s1, s2, _,
+    u1, u2, u3, u4, u5, u6 = string.byte(t, 1, 26)
+  local y = y1 * 1000 + y2 * 100 + y3 * 10 + y4 - 53328
+  local mo, d = m1 * 10 + m2 - 528, d1 * 10 + d2 - 528
+  local h, mi, s = h1 * 10 + h2 - 528, i1 * 10 + i2 - 528, s1 * 10 + s2 - 528
+  local us = u1 * 100000 + u2 * 10000 + u3 * 1000 + u4 * 100 + u5 * 10 + u6 - 5333328
+  -- up to 2200 the microseconds stay exact in a Lua number (a double)
+  if y < 1970 or y > 2200 or mo < 1 or mo > 12 or d < 1 or h > 23 or mi > 59 or s > 59 then
+    return nil
+  end
+  local last = MONTH_DAYS[mo]
+  if mo == 2 and y % 4 == 0 and (y % 100 ~= 0 or y % 400 == 0) then last = 29 end
+  if d > last then return nil end
+  -- days since 1970-01-01 (H. Hinnant's days_from_civil)
+  -- (every operand is a non-negative integer here, so x - x % n is n times floor(x / n))
+  local yy = mo <= 2 and y - 1 or y
+  local yoe = yy % 400
+  local m = 153 * (mo > 2 and mo - 3 or mo + 9) + 2
+  local doy = (m - m % 5) / 5 + d - 1
+  local days = (yy - yoe) / 400 * 146097 + yoe * 365 + (yoe - yoe % 4) / 4
+    - (yoe - yoe % 100) / 100 + doy - 719468
+  return (days * 86400 + h * 3600 + mi * 60 + s) * 1000000 + us
+end
+"""
+
+EXPIRE_TERMINAL_JOBS = (
+    _FENCE
+    + _GUARDS
+    + _RQ_TIME
+    + """
+-- The fast path of expire_jobs: judges registry entries by the retention and, in the same
+-- atomic step, deletes each job that is plainly past its age rule: its status one of its
+-- registry's, its origin the registry's queue, a well-formed ended_at at or before the
+-- cutoff of its status, no group, no execution, no member in the started registry, no
+-- dependents unless it finished, and no side key of the wrong type. Everything else is
+-- left untouched and answered '?': the janitor then plans it the ordinary way (read,
+-- plan, DELETE_TERMINAL_JOBS with its re-checks), so both paths end the same way.
+-- ARGV: 1 token, 2 '1' to delete ('0' only judges: a dry run), 3 registry count,
+--   4 and 5 the job key's text before and after the id, then per registry: origin, its
+--   job count, status count, then per status: status, cutoff (microseconds since the
+--   epoch: an ended_at at or before it is past the age rule, one more than 4 us after
+--   it is not), capped ('1' when a keep_last cap applies to the status).
+-- KEYS: 1 lease, then per registry: registry, started registry; then per job, grouped by
+--   registry in the same order: job hash, dependents, dependencies, results, executions.
+-- Returns {codes}, one code per job: '-' keep (gone, or younger than its age rule), '?'
+--   plan the ordinary way, or a letter for the status ('a' = the registry's first)
+--   followed by the job's 27-character ended_at: deleted (in a dry run: would be).
+local apply, nreg = ARGV[2] == '1', tonumber(ARGV[3])
+local id_from, id_to = #ARGV[4] + 1, -(#ARGV[5] + 1)
+local k, a, n = 2 + 2 * nreg, 6, 0
+local out, doomed, nd = {}, {}, 0
+-- A job's dependents and execution registry: whether both read, and their sizes.
+local function side(dependents, executions)
+  if redis.call('EXISTS', dependents, executions) == 0 then return true, 0, 0 end
+  local deps, read_d = read('SCARD', dependents)
+  local execs, read_e = read('ZCARD', executions)
+  return read_d and read_e, deps, execs
+end
+for r = 1, nreg do
+  local registry, started = KEYS[2 * r], KEYS[2 * r + 1]
+  local origin, count, nstates = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local states = {}
+  a = a + 3
+  for s = 1, nstates do
+    states[ARGV[a]] = {string.char(96 + s), tonumber(ARGV[a + 1]), ARGV[a + 2] == '1'}
+    a = a + 3
+  end
+  local ok = writable(registry, 'zset') and writable(started, 'zset')
+  -- A started registry holds the running jobs: usually few, read once into a table.
+  local members
+  if ok and redis.call('ZCARD', started) <= 1000 then
+    members = {}
+    for _, m in ipairs(redis.call('ZRANGE', started, 0, -1)) do members[m] = true end
+  end
+  -- Dependents and execution registries are rare on terminal jobs: when none of this
+  -- registry's jobs has one, one EXISTS answers for all of them.
+  local plain = false
+  if ok then
+    local sides = {}
+    for j = 0, count - 1 do
+      sides[2 * j + 1], sides[2 * j + 2] = KEYS[k + 5 * j + 1], KEYS[k + 5 * j + 4]
+    end
+    for i = 1, #sides, 1000 do
+      if redis.call('EXISTS', unpack(sides, i, math.min(i + 999, #sides))) > 0 then break end
+      plain = i + 1000 > #sides
+    end
+  end
+  local ids, ni = {}, 0
+  for _ = 1, count do
+    local job, dependents, executions = KEYS[k], KEYS[k + 1], KEYS[k + 4]
+    local code, ended_at = '?', nil
+    local h = ok and redis.pcall('HMGET', job, 'status', 'origin', 'ended_at', 'group_id')
+    if h and not h.err then
+      if not h[1] then
+        if redis.call('EXISTS', job, dependents, executions) == 0 then code = '-' end
+      else
+        local state = states[h[1]]
+        local ended = state and h[2] == origin and rq_micros(h[3])
+        if ended then
+          local readable, deps, execs = true, 0, 0
+          if not plain then readable, deps, execs = side(dependents, executions) end
+          if not readable then code = '?'
+          elseif ended > state[2] then
+            -- younger: kept, unless a cap applies or it is within 4 us of the cutoff,
+            -- where only the planner's own float arithmetic can tell
+            if not state[3] and ended > state[2] + 4 then code = '-' end
+          elseif (not h[4] or h[4] == '') and execs == 0 and (deps == 0 or h[1] == 'finished') then
+            local id = string.sub(job, id_from, id_to)
+            local running
+            if members then running = members[id]
+            else
+              local score, read_s = read('ZSCORE', started, id)
+              running = score or not read_s
+            end
+            if not running then
+              code, ended_at = state[1], h[3]
+              ni = ni + 1
+              ids[ni] = id
+              doomed[nd + 1], doomed[nd + 2], doomed[nd + 3] = job, KEYS[k + 2], KEYS[k + 3]
+              nd = nd + 3
+              if deps > 0 then
+                nd = nd + 1
+                doomed[nd] = dependents
+              end
+            end
+          end
+        end
+      end
+    end
+    n = n + 1
+    out[n] = code
+    if ended_at then
+      n = n + 1
+      out[n] = ended_at
+    end
+    k = k + 5
+  end
+  if apply then
+    for i = 1, ni, 1000 do
+      redis.call('ZREM', registry, unpack(ids, i, math.min(i + 999, ni)))
+    end
+  end
+end
+if apply then
+  for i = 1, nd, 1000 do
+    redis.call('UNLINK', unpack(doomed, i, math.min(i + 999, nd)))
+  end
+end
+return {table.concat(out)}
 """
 )
 
@@ -212,6 +377,7 @@ return 1
 
 PRUNE_WORKER_MEMBERSHIPS = (
     _FENCE
+    + _GUARDS
     + """
 -- Removes dead workers from worker sets, each only if its hash is still gone: a worker
 -- restarting under the same name re-creates its hash and re-adds itself (register_birth).
@@ -223,7 +389,9 @@ for j = 1, tonumber(ARGV[2]) do
   local worker, nsets = KEYS[k], tonumber(ARGV[2 + j])
   local removed = 0
   if redis.call('EXISTS', worker) == 0 then
-    for s = k + 1, k + nsets do removed = removed + redis.call('SREM', KEYS[s], worker) end
+    for s = k + 1, k + nsets do
+      if writable(KEYS[s], 'set') then removed = removed + redis.call('SREM', KEYS[s], worker) end
+    end
   end
   out[j] = removed > 0 and 1 or 0
   k = k + 1 + nsets
@@ -234,6 +402,7 @@ return out
 
 DELETE_ZOMBIE_WORKERS = (
     _FENCE
+    + _GUARDS
     + """
 -- Deletes TTL-less worker hashes of dead workers and removes them from their sets, each
 -- only if the hash still has no TTL, the same last_heartbeat the plan judged, and no
@@ -250,7 +419,9 @@ for j = 1, tonumber(ARGV[2]) do
     and (redis.call('HGET', worker, 'last_heartbeat') or '') == heartbeat
     and redis.call('PUBSUB', 'NUMSUB', channel)[2] == 0 then
     redis.call('UNLINK', worker)
-    for s = k + 1, k + nsets do redis.call('SREM', KEYS[s], worker) end
+    for s = k + 1, k + nsets do
+      if writable(KEYS[s], 'set') then redis.call('SREM', KEYS[s], worker) end
+    end
     ok = 1
   end
   out[j] = ok
@@ -263,6 +434,7 @@ return out
 
 PRUNE_EMPTY_QUEUES = (
     _FENCE
+    + _GUARDS
     + """
 -- Removes queues from rq:queues, each only if the janitor's empty-since record is the one
 -- the plan read and none of the queue's keys exists (Redis deletes empty lists, sets and
@@ -271,10 +443,11 @@ PRUNE_EMPTY_QUEUES = (
 --   number of queue keys.
 -- KEYS: 1 lease, 2 rq:queues, then per queue: empty-since key, the queue's keys.
 local k, a, out = 3, 3, {}
+local listed = writable(KEYS[2], 'set')
 for j = 1, tonumber(ARGV[2]) do
   local state, member, since, nkeys = KEYS[k], ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
   local ok = 0
-  if redis.call('GET', state) == since then
+  if listed and read('GET', state) == since then
     local busy = 0
     for x = k + 1, k + nkeys do busy = busy + redis.call('EXISTS', KEYS[x]) end
     if busy == 0 then

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import redis
-from rq import Queue, SimpleWorker
+from rq import Queue, SimpleWorker, get_current_job
 
 SECRET = "SECRET-PAYLOAD-7f3a"  # noqa: S105 - a planted marker, to catch payload leaks
 
@@ -19,6 +19,35 @@ def boom(arg: str = SECRET) -> None:
     raise RuntimeError(msg)
 
 
+class QuietWorker(SimpleWorker):
+    """A real in-process RQ worker without the pub/sub command channel (a channel, not a key).
+
+    RQ 3 joins that channel's thread with a 1 s timeout when a burst ends; the Redis state
+    the worker leaves is the same.
+    """
+
+    def subscribe(self) -> None:
+        """Listen for no commands."""
+
+
 def work(client: redis.Redis, *queues: Queue) -> None:
     """Run a real RQ worker (in this process) over the queues until they are empty."""
-    SimpleWorker(list(queues), connection=client).work(burst=True)
+    QuietWorker(list(queues), connection=client).work(burst=True)
+
+
+RAN_KEY = "app:ran"
+"""An application's own key (not RQ's): the set of job ids whose function ran."""
+
+
+def record(arg: str = SECRET) -> str:
+    """Record that this job ran, in an app key the janitor must never touch, then succeed."""
+    job = get_current_job()
+    assert job is not None
+    job.connection.sadd(RAN_KEY, job.id)
+    return f"recorded {arg}"
+
+
+def record_and_fail(arg: str = SECRET) -> None:
+    """Record that this job ran, then fail."""
+    record(arg)
+    boom(arg)

@@ -13,6 +13,7 @@ import pytest
 import redis
 from rq import Queue
 
+from janitor.audit import AUDIT_EVENTS
 from janitor.keyspace import Keyspace
 from janitor.tasks import TASKS
 from tests import funcs
@@ -212,6 +213,32 @@ class TestRunOnce:
         events = audit_lines(config_file.parent / "audit.jsonl")
         assert [e["task"] for e in events] == ["expire_jobs"]
         assert not any(e["event"] == "job_deleted" for e in events)
+
+    def test_stdout_holds_only_audit_lines(
+        self, redis_server: RedisServer, r: redis.Redis, state: dict[str, list[str]]
+    ) -> None:
+        """With the audit log on stdout, operational lines (skips, tracebacks) go to stderr only."""
+        r.hset(
+            KEYS.job("garbage"),
+            mapping={"status": "finished", "origin": "default", "ended_at": "never"},
+        )
+        r.zadd(KEYS.finished("default"), {"garbage": 1})
+        r.sadd(KEYS.queues(), KEYS.queue("broken"))
+        r.set(KEYS.started("broken"), b"not a sorted set")
+        for log_format in ("console", "json"):
+            result = janitor(
+                "run",
+                "--once",
+                "--redis-url",
+                redis_server.url,
+                "--log-format",
+                log_format,
+            )
+            assert result.returncode == 1
+            events = {json.loads(line)["event"] for line in result.stdout.splitlines()}
+            assert events <= AUDIT_EVENTS
+            assert "job_skipped" in result.stderr
+            assert "task_crashed" in result.stderr
 
     def test_audit_to_stdout_by_default(
         self, redis_server: RedisServer, r: redis.Redis, state: dict[str, list[str]]

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 
 
 def test_demo_shows_jobs_deleted_and_live_jobs_kept() -> None:
-    """The demo exits 0, deletes old finished and canceled jobs, and keeps the live ones."""
+    """The demo exits 0, deletes old jobs, recovers the killed worker's job, prunes queues, keeps live jobs."""
     result = subprocess.run(
         [sys.executable, "-m", "janitor", "demo"],
         capture_output=True,
@@ -18,11 +17,17 @@ def test_demo_shows_jobs_deleted_and_live_jobs_kept() -> None:
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    deleted = re.search(r"expire_jobs: (\d+) jobs deleted", out)
-    assert deleted is not None
-    assert int(deleted.group(1)) == 21  # 12 + 4 + 3 finished, 2 canceled
+    assert (
+        "first pass: 21 job_deleted, 1 worker_pruned" in out
+    )  # 12 + 4 + 3 finished, 2 canceled
+    assert (
+        "second pass: 1 job_abandoned, 4 queue_pruned" in out
+    )  # 3 per_job queues and "reports"
     after = out.split("After:", 1)[1]
-    default_row = next(
-        line for line in after.splitlines() if line.strip().startswith("default")
-    )
-    assert default_row.split()[1:] == ["2", "1", "1", "0", "0", "4", "0"]
+    rows = {
+        line.split()[0]: line.split()[1:]
+        for line in after.splitlines()[2:]
+        if line.strip()
+    }
+    assert rows["default"] == ["2", "1", "1", "0", "0", "4", "0"]
+    assert rows["imports"] == ["0", "0", "0", "0", "0", "1", "0"]

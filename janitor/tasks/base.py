@@ -2,18 +2,67 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import redis
 
-from janitor.actions import Action, Skip
+from janitor.actions import Action, Fence, Skip
 from janitor.config import Settings
 from janitor.keyspace import Keyspace
 
 PAGE_SIZE = 500
 """How many registry entries or keys a task reads per round trip."""
+
+MAX_BATCH = 500
+"""The most items (actions, or entries a script judges) one atomic script call takes."""
+
+DECISIONS_IN_FLIGHT = 2
+"""Decision pages sent before the oldest one's answer is read: Redis runs one while the
+janitor audits the one before. Each page holds at most ``MAX_BATCH`` divided by this, so
+at most ``MAX_BATCH`` jobs are ever deleted without their audit lines yet written."""
+
+TARGET_CALL_S = 0.005
+"""How long one script call should take Redis, as the janitor measures it.
+
+Redis runs a script atomically, so every other client waits while it runs: the batch size
+adapts to keep each call near this, whatever the server's speed."""
+
+
+@dataclass
+class Pace:
+    """How many items the next script call takes.
+
+    After each call the engine reports how many items it took and how long Redis took;
+    the next size aims at ``target_s`` per call, between ``minimum`` and ``maximum``
+    items, and at most doubles from one call to the next.
+    """
+
+    maximum: int = MAX_BATCH
+    minimum: int = 10
+    target_s: float = TARGET_CALL_S
+    size: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        """Start at the largest batch."""
+        self.size = self.maximum
+
+    def restart(self) -> None:
+        """Start again at the largest batch (a new task measures for itself)."""
+        self.size = self.maximum
+
+    @property
+    def decision_size(self) -> int:
+        """How many entries the next decision page takes (see ``DECISIONS_IN_FLIGHT``)."""
+        return max(self.minimum, min(self.size, self.maximum // DECISIONS_IN_FLIGHT))
+
+    def record(self, items: int, elapsed_s: float) -> None:
+        """Take the measured time of a call of ``items`` items into the next size."""
+        if items <= 0 or elapsed_s <= 0:
+            return
+        fit = int(self.target_s * items / elapsed_s)
+        self.size = max(self.minimum, min(self.maximum, fit, 2 * self.size))
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +77,8 @@ class TaskContext:
     page_size: int = PAGE_SIZE
     dry_run: bool = False
     """Tasks plan the same either way; a task may use this to explain, never to write."""
+    pace: Pace = field(default_factory=Pace)
+    """The engine's batch size, adapted to measured script times; read, never set, by tasks."""
 
 
 class Task(Protocol):
@@ -37,4 +88,53 @@ class Task(Protocol):
 
     def plan(self, ctx: TaskContext) -> Iterator[Action | Skip]:
         """Yield the actions this task wants applied, and the things it had to skip."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """What a :class:`Decision` did: its audited actions, and what it left to ordinary planning."""
+
+    events: Sequence[tuple[str, Mapping[str, object]]]
+    """Audit events (event, fields) of what was applied (in a dry run: would be)."""
+    rest: Iterable[Action | Skip]
+    """Planned the ordinary way, lazily: the engine applies these in re-checked batches."""
+
+
+class Decision(Protocol):
+    """Entries a task leaves to one atomic script that judges them by its policy and applies it.
+
+    Judging and writing happen in the same atomic step, so there is nothing to re-check.
+    Whatever the script is not sure about it leaves untouched, and ``Decided.rest``
+    plans it the ordinary way. In a dry run the same script only judges.
+
+    The call is split in two so the janitor can prepare the next page while Redis runs
+    this one: ``send`` sends the script call, and the function it returns waits for the
+    answer, which the engine always reads (and audits) before it sends anything else.
+    """
+
+    def __len__(self) -> int:
+        """How many entries the script judges (the engine paces calls by it)."""
+        ...
+
+    def send(
+        self, client: redis.Redis, fence: Fence | None, *, dry_run: bool
+    ) -> Callable[[], Decided]:
+        """Send the script call; the returned function reads its answer.
+
+        That function raises LeadershipLost when the lease token no longer matched.
+        """
+        ...
+
+
+@runtime_checkable
+class DecidingTask(Task, Protocol):
+    """A task with a faster plan that leaves the plain cases to :class:`Decision` scripts.
+
+    The engine runs ``decide`` instead of ``plan``; both must lead to the same actions,
+    audit events and skips. ``plan`` stays the reference (and what tests may apply by hand).
+    """
+
+    def decide(self, ctx: TaskContext) -> Iterator[Action | Skip | Decision]:
+        """Yield actions and skips as ``plan`` does, and decisions for the plain cases."""
         ...

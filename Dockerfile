@@ -1,0 +1,45 @@
+# syntax=docker/dockerfile:1
+# rq-janitor: the daemon (`janitor run`) by default; any other command as arguments:
+#   docker build -t rq-janitor .
+#   docker run --rm -e JANITOR_REDIS_URL=redis://redis:6379/0 rq-janitor                # daemon
+#   docker run --rm -e JANITOR_REDIS_URL=redis://redis:6379/0 rq-janitor run --once     # one pass
+#   docker run --rm -e JANITOR_REDIS_URL=redis://redis:6379/0 rq-janitor check
+
+# Build stage: a virtualenv with the package and its dependencies, so the final image
+# carries neither pip's cache nor the build backend.
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/rq-janitor
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY janitor/ janitor/
+RUN /opt/rq-janitor/bin/pip install .
+
+FROM python:3.11-slim
+LABEL org.opencontainers.image.title="rq-janitor" \
+      org.opencontainers.image.description="Maintenance and garbage collection for RQ data in Redis and Valkey" \
+      org.opencontainers.image.licenses="MIT"
+# A fixed numeric uid, so Kubernetes' runAsNonRoot can verify it without a passwd lookup.
+RUN groupadd --system --gid 10001 janitor \
+ && useradd --system --uid 10001 --gid janitor --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin janitor
+COPY --from=build /opt/rq-janitor /opt/rq-janitor
+# The image's default config only moves [http] listen to 0.0.0.0 (probes and Prometheus
+# come from outside the container); mount your own file over it, or set JANITOR_CONFIG.
+COPY deploy/container/janitor.toml /etc/rq-janitor/janitor.toml
+ENV PATH=/opt/rq-janitor/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    JANITOR_CONFIG=/etc/rq-janitor/janitor.toml
+USER 10001:10001
+EXPOSE 9808
+# slim has no curl: ask /healthz with the interpreter that is there anyway. urlopen
+# raises on anything but 2xx, so a 503 (scheduler stopped) fails the check.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9808/healthz', timeout=4)"]
+# Exec form: janitor is PID 1 and gets SIGTERM itself (docker stop, Kubernetes); it
+# finishes the current batch, releases the lease and exits 0 well inside docker's 10 s.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["janitor"]
+CMD ["run"]

@@ -1,0 +1,267 @@
+"""The report's leaks: RQ state nobody will ever clean, found by bounded reads.
+
+Five kinds (rq-keyspace.md §4.5): keys without a TTL that should have one, registry
+ids whose job is gone, dead workers still listed, failure result streams without a
+TTL, and queues no worker serves. Workers come from ``rq:workers`` and the per-queue
+sets of the reported queues (each read up to a bound); keys that no RQ index lists
+(result streams, dependency sets, worker hashes outside the sets) from one SCAN of the
+RQ prefix with COUNT, stopped after ``SCAN_CALLS`` calls. Only names, types, TTLs and
+a worker's ``queues`` and ``last_heartbeat`` are read; never a stream's entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
+
+from janitor.jobs import FieldError, parse_rq_time
+from janitor.keyspace import to_text
+from janitor.report_queues import QueueReport, Scope
+
+MAX_WORKERS = 10_000
+"""Members of ``rq:workers`` read at most."""
+SET_SAMPLE = 100
+"""Members of each per-queue worker set read at most (SRANDMEMBER)."""
+SCAN_COUNT = 1_000
+"""Keys SCAN visits per call."""
+SCAN_CALLS = 100
+"""SCAN calls per report (about 100,000 keys); ``scan.complete`` says whether that was all."""
+EXAMPLES = 10
+"""Names listed per leak; the count covers the rest."""
+PIPELINE = 1_000
+
+T = TypeVar("T")
+
+ADVICE = {
+    "keys_without_ttl": "RQ never deletes these: canceled jobs, result_ttl=-1/failure_ttl=-1 jobs, "
+    "orphaned-horse worker hashes, dependency sets of deleted jobs. expire_jobs deletes "
+    "terminal jobs by [retention]; prune_workers zombie hashes; sweep_orphans the sets.",
+    "dangling_registry_ids": "Harmless but growing: RQ removes expired finished/failed ids only "
+    "from queues a worker serves, and never canceled/deferred/scheduled ones. "
+    "clean_registries removes them.",
+    "dead_workers_listed": "RQ drops a dead worker only from the sets of queues a live worker "
+    "serves; prune_workers removes them everywhere.",
+    "result_streams_without_ttl": "Failure results of jobs without failure_ttl never expire "
+    "(every RQ version), nor results of result_ttl=-1 jobs. Set failure_ttl when enqueueing; "
+    "sweep_orphans deletes those whose job is gone, expire_jobs deletes the others with their job.",
+    "unserved_queues": "RQ cleans a queue only from a worker that serves it: abandoned jobs stay "
+    "started and expired registry ids stay. recover_abandoned and clean_registries do it "
+    "for every queue in [rq] queues.",
+}
+"""What to do about each kind of leak."""
+
+
+def _chunks(items: Sequence[T], size: int = PIPELINE) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@dataclass(slots=True)
+class Workers:
+    """Who serves which queue, and which listed workers are dead."""
+
+    listed: set[bytes] = field(default_factory=set)
+    """Every worker key read from the sets."""
+    served: set[str] = field(default_factory=set)
+    """Queue names a live worker serves (its ``queues`` field or a per-queue set)."""
+    live: int = 0
+    gone: list[bytes] = field(default_factory=list)
+    """Listed worker keys whose hash is gone."""
+    zombies: list[bytes] = field(default_factory=list)
+    """Listed worker keys with a TTL-less hash and no heartbeat within ``dead_after``."""
+    exact: bool = True
+
+
+def read_workers(scope: Scope, queues: Sequence[QueueReport]) -> Workers:
+    """Read the worker sets (bounded) and classify every listed worker."""
+    client, keys = scope.client, scope.keys
+    listed: dict[bytes, set[str]] = {}
+    found = Workers()
+    for count, member in enumerate(client.sscan_iter(keys.workers(), count=1000)):
+        if count >= MAX_WORKERS:
+            found.exact = False
+            break
+        listed.setdefault(cast("bytes", member), set())
+    pipe = client.pipeline(transaction=False)
+    for queue in queues:
+        pipe.srandmember(keys.workers(queue.name), SET_SAMPLE)
+        pipe.scard(keys.workers(queue.name))
+    replies = pipe.execute(raise_on_error=False)
+    for index, queue in enumerate(queues):
+        members, size = replies[2 * index : 2 * index + 2]
+        if isinstance(members, list):
+            for member in members:
+                listed.setdefault(member, set()).add(queue.name)
+        found.exact &= not isinstance(size, int) or size <= SET_SAMPLE
+    found.listed = set(listed)
+    for chunk in _chunks(list(listed)):
+        _classify(scope, found, {key: listed[key] for key in chunk})
+    return found
+
+
+def _classify(scope: Scope, found: Workers, listed: dict[bytes, set[str]]) -> None:
+    pipe = scope.client.pipeline(transaction=False)
+    for key in listed:
+        pipe.pttl(key)
+        pipe.hmget(key, ["queues", "last_heartbeat"])
+    replies = pipe.execute(raise_on_error=False)
+    for index, (key, in_sets) in enumerate(listed.items()):
+        pttl, fields = replies[2 * index : 2 * index + 2]
+        if pttl == -2:  # noqa: PLR2004 - Redis's PTTL for a missing key
+            found.gone.append(key)
+            continue
+        fields = fields if isinstance(fields, list) else [None, None]
+        if pttl == -1 and _stale(scope, fields[1]):
+            found.zombies.append(key)
+            continue
+        found.live += 1
+        found.served |= in_sets
+        if fields[0]:
+            found.served |= set(to_text(fields[0]).split(","))
+
+
+def _stale(scope: Scope, heartbeat: bytes | None) -> bool:
+    """Whether a heartbeat is missing, unreadable or older than ``[workers] dead_after``."""
+    try:
+        beat = parse_rq_time(heartbeat)
+    except FieldError:
+        return True
+    return beat is None or scope.now - beat > scope.settings.workers.dead_after
+
+
+@dataclass(slots=True)
+class ScanResult:
+    """What the bounded SCAN of the RQ prefix found."""
+
+    keys_seen: int = 0
+    calls: int = 0
+    complete: bool = False
+    streams_without_ttl: list[bytes] = field(default_factory=list)
+    streams_job_gone: int = 0
+    zombie_hashes: list[bytes] = field(default_factory=list)
+    orphan_sets: list[bytes] = field(default_factory=list)
+
+
+def scan_keys(scope: Scope, known_workers: set[bytes]) -> ScanResult:
+    """SCAN the RQ prefix (bounded) for TTL-less streams, worker hashes and dependency sets."""
+    keys = scope.keys
+    heads = {
+        "stream": keys.results(b""),
+        "worker": keys.worker(b""),
+        "dependents": keys.job(b""),
+        "dependencies": keys.job(b"") + b":",
+    }
+    result = ScanResult()
+    candidates: list[tuple[str, bytes, bytes]] = []
+    cursor = 0
+    while result.calls < SCAN_CALLS:
+        cursor, page = scope.client.scan(cursor, match=keys.glob("*"), count=SCAN_COUNT)
+        result.calls += 1
+        result.keys_seen += len(page)
+        names = cast("list[bytes]", page)
+        candidates += [
+            c for key in names if (c := _candidate(heads, key, known_workers))
+        ]
+        if cursor == 0:
+            result.complete = True
+            break
+    for chunk in _chunks(candidates):
+        _check_candidates(scope, result, chunk)
+    return result
+
+
+def _candidate(
+    heads: dict[str, bytes], key: bytes, known_workers: set[bytes]
+) -> tuple[str, bytes, bytes] | None:
+    """(kind, key, owner: job id or b"") for a key worth a closer look, else None."""
+    if key.startswith(heads["stream"]):
+        return "stream", key, key[len(heads["stream"]) :]
+    if key.startswith(heads["worker"]) and key not in known_workers:
+        return "worker", key, b""
+    if key.startswith(heads["dependencies"]) and key.endswith(b":dependencies"):
+        return "set", key, key[len(heads["dependencies"]) : -len(b":dependencies")]
+    if key.startswith(heads["dependents"]) and key.endswith(b":dependents"):
+        return "set", key, key[len(heads["dependents"]) : -len(b":dependents")]
+    return None
+
+
+def _check_candidates(
+    scope: Scope, result: ScanResult, chunk: Sequence[tuple[str, bytes, bytes]]
+) -> None:
+    pipe = scope.client.pipeline(transaction=False)
+    for kind, key, owner in chunk:
+        pipe.type(key)
+        pipe.pttl(key)
+        if kind == "worker":
+            pipe.hget(key, "last_heartbeat")
+        else:
+            pipe.exists(scope.keys.job(owner))
+    replies = pipe.execute(raise_on_error=False)
+    for index, (kind, key, _) in enumerate(chunk):
+        type_, pttl, third = replies[3 * index : 3 * index + 3]
+        if pttl != -1:
+            continue  # has a TTL (or vanished meanwhile)
+        if kind == "stream" and type_ == b"stream":
+            result.streams_without_ttl.append(key)
+            result.streams_job_gone += third == 0
+        elif kind == "worker" and type_ == b"hash":
+            if _stale(scope, third if isinstance(third, bytes) else None):
+                result.zombie_hashes.append(key)
+        elif kind == "set" and type_ == b"set" and third == 0:
+            result.orphan_sets.append(key)
+
+
+def leaks(
+    scope: Scope, queues: Sequence[QueueReport], workers: Workers, scan: ScanResult
+) -> list[dict[str, Any]]:
+    """The report's ``leaks`` list (docs/report.md): one object per kind, always all five."""
+    keys = scope.keys
+    sampled = all(q.exact for q in queues)
+    no_ttl_jobs = [keys.job(j) for q in queues for j in q.no_ttl]
+    dangling = [
+        getattr(keys, kind)(q.name) + b" " + member
+        for q in queues
+        for kind, member in q.dangling
+    ]
+    unserved = [q.name for q in queues if q.name not in workers.served]
+    items = [
+        (
+            "keys_without_ttl",
+            [*no_ttl_jobs, *scan.zombie_hashes, *scan.orphan_sets],
+            sampled and scan.complete,
+            {
+                "job_hash": len(no_ttl_jobs),
+                "worker_hash": len(scan.zombie_hashes),
+                "dependency_set": len(scan.orphan_sets),
+            },
+        ),
+        ("dangling_registry_ids", dangling, sampled, None),
+        (
+            "dead_workers_listed",
+            [*workers.gone, *workers.zombies],
+            workers.exact,
+            {"hash_gone": len(workers.gone), "zombie": len(workers.zombies)},
+        ),
+        (
+            "result_streams_without_ttl",
+            scan.streams_without_ttl,
+            scan.complete,
+            {
+                "job_exists": len(scan.streams_without_ttl) - scan.streams_job_gone,
+                "job_gone": scan.streams_job_gone,
+            },
+        ),
+        ("unserved_queues", [n.encode() for n in unserved], workers.exact, None),
+    ]
+    return [
+        {
+            "kind": kind,
+            "count": len(found),
+            "exact": exact,
+            "by_kind": by_kind or {},
+            "examples": [to_text(name) for name in found[:EXAMPLES]],
+            "advice": ADVICE[kind],
+        }
+        for kind, found, exact, by_kind in items
+    ]

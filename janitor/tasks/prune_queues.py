@@ -1,0 +1,114 @@
+"""Task ``prune_queues``: remove queues that stayed empty everywhere from ``rq:queues``.
+
+RQ adds a queue to ``rq:queues`` on every enqueue and removes it only in
+``Queue.delete()``, so every queue ever used stays listed (rq-keyspace.md §4.5 item 7).
+actinia's per_job queues (``job_queue_resource_id-<uuid>``), one per job, pile up there.
+
+A queue is empty when none of its keys exists: the list, the intermediate list, every
+registry (started, finished, failed, deferred, scheduled, canceled, RQ 3's ready) and the
+worker set ``rq:workers:<q>``; Redis deletes empty lists, sets and sorted sets, so EXISTS
+is the whole check. The first pass that sees a queue empty records when, in
+``Keyspace.queue_empty_since`` (janitor state, one key per queue, with a TTL); a pass at
+least ``PRUNE_QUEUE_GRACE_S`` later that finds it still empty SREMs the member and drops
+the record, in one Lua step that re-checks all of it. A queue found busy again loses its
+record, so the grace starts over. Nothing else is written: an empty queue has no other
+key, and an enqueue re-adds the member (in the same transaction as its RPUSH or ZADD).
+Queues outside the allowlist are neither read nor written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TypeVar
+
+from janitor.actions import Action, PruneQueue, SetJanitorState, Skip
+from janitor.keyspace import iter_queue_names, to_text
+from janitor.tasks.base import TaskContext
+
+NAME = "prune_queues"
+
+PRUNE_QUEUE_GRACE_S = 3600
+"""How long a queue must stay empty before it leaves ``rq:queues`` (no config key for it)."""
+STATE_TTL_S = 2 * PRUNE_QUEUE_GRACE_S + 86_400
+"""An empty-since record outlives its use by at most this: hourly passes use it within 2 h."""
+
+REGISTRIES = (
+    "started",
+    "finished",
+    "failed",
+    "deferred",
+    "scheduled",
+    "canceled",
+    "ready",
+)
+"""Every per-queue registry of RQ 1.16 to 3.x (``Keyspace`` method names)."""
+
+T = TypeVar("T")
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class PruneQueues:
+    """Removes queues that have been empty everywhere for longer than the grace period."""
+
+    name = NAME
+
+    def plan(self, ctx: TaskContext) -> Iterator[Action | Skip]:
+        """Yield ``queue_pruned`` actions and the empty-since bookkeeping, per allowed queue."""
+        names = [
+            name
+            for name in iter_queue_names(ctx.client, ctx.keys)
+            if ctx.allows_queue(to_text(name))
+        ]
+        for chunk in _chunks(names, ctx.page_size):
+            pipe = ctx.client.pipeline(transaction=False)
+            for name in chunk:
+                pipe.exists(*queue_keys(ctx, name))
+                pipe.get(ctx.keys.queue_empty_since(name))
+            replies = pipe.execute()
+            for index, name in enumerate(chunk):
+                busy, since = replies[2 * index : 2 * index + 2]
+                action = _decide(ctx, name, busy=bool(busy), since=since)
+                if action is not None:
+                    yield action
+
+
+def queue_keys(ctx: TaskContext, name: bytes) -> tuple[bytes, ...]:
+    """Every key whose existence means the queue is in use."""
+    keys = ctx.keys
+    registries = tuple(getattr(keys, registry)(name) for registry in REGISTRIES)
+    return (keys.queue(name), keys.intermediate(name), *registries, keys.workers(name))
+
+
+def _decide(
+    ctx: TaskContext, name: bytes, *, busy: bool, since: bytes | None
+) -> Action | None:
+    """Record, forget or act on a queue's empty-since time."""
+    state_key = ctx.keys.queue_empty_since(name)
+    if busy:
+        if since is None:
+            return None
+        return Action(NAME, None, {}, SetJanitorState(state_key, None, STATE_TTL_S))
+    try:
+        seen_empty = None if since is None else float(since)
+    except ValueError:
+        seen_empty = None  # not a time the janitor wrote: start the grace over
+    if seen_empty is None:
+        now = repr(ctx.now).encode()
+        record = SetJanitorState(
+            state_key, now, STATE_TTL_S, only_if_absent=since is None
+        )
+        return Action(NAME, None, {}, record)
+    if ctx.now - seen_empty < PRUNE_QUEUE_GRACE_S:
+        return None
+    write = PruneQueue(
+        queues_key=ctx.keys.queues(),
+        member=ctx.keys.queue(name),
+        state_key=state_key,
+        empty_since=since or b"",
+        empty_keys=queue_keys(ctx, name),
+    )
+    return Action(NAME, "queue_pruned", {"queue": to_text(name)}, write)
