@@ -415,3 +415,47 @@ class TestWrongTypes:
         assert deleted_ids(events) == {deleted.id}
         assert r.exists(KEYS.job(kept.id))
         assert r.exists(KEYS.job(grouped.id))
+
+
+class TestOddIds:
+    """Ids RQ allowed before 2.8 (glob characters, colons) and huge hashes are handled exactly."""
+
+    def test_ids_with_glob_characters_and_colons(
+        self, r: redis.Redis, queue: Queue
+    ) -> None:
+        """A job whose id holds * ? [ ] and : (RQ 1.x allowed them) is deleted alone; a look-alike stays."""
+        made = queue.enqueue(funcs.ok)
+        work(r, queue)
+        for odd_id, ended in (
+            ("a*b?[c]:d", None),
+            ("axb?[c]:d", b"2999-01-01T00:00:00.000000Z"),
+        ):
+            for key in (KEYS.job, KEYS.results):
+                r.restore(key(odd_id), 0, cast("bytes", r.dump(key(made.id))))
+            r.zadd(KEYS.finished("default"), {odd_id: float("inf")})
+            if ended:
+                r.hset(KEYS.job(odd_id), "ended_at", ended)  # too young to go
+        r.delete(KEYS.job(made.id), KEYS.results(made.id))
+        r.zrem(KEYS.finished("default"), made.id)
+        _, events = run(r, settings(finished=DAY), time.time() + 2 * DAY)
+        assert deleted_ids(events) == {"a*b?[c]:d"}
+        assert not r.exists(KEYS.job("a*b?[c]:d"), KEYS.results("a*b?[c]:d"))
+        assert r.exists(KEYS.job("axb?[c]:d"))
+        assert r.exists(KEYS.results("axb?[c]:d"))
+
+    def test_huge_job_hash_is_read_by_its_fields_only(
+        self, r: redis.Redis, queue: Queue
+    ) -> None:
+        """A job hash with 100,000 extra fields is judged by its lifecycle fields and deleted whole."""
+        job = queue.enqueue(funcs.ok)
+        work(r, queue)
+        with r.pipeline(transaction=False) as pipe:
+            for start in range(0, 100_000, 10_000):
+                pipe.hset(
+                    KEYS.job(job.id),
+                    mapping={f"x{n}": "y" for n in range(start, start + 10_000)},
+                )
+            pipe.execute()
+        _, events = run(r, settings(finished=0), time.time())
+        assert deleted_ids(events) == {job.id}
+        assert not r.exists(KEYS.job(job.id))

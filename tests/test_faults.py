@@ -191,3 +191,31 @@ def test_replayed_batch_returns_the_first_reply(r: redis.Redis) -> None:
     assert memos == [
         b"janitor:memo:x"
     ]  # only this test's own: a call that got its reply cleans its memo
+
+
+def test_lease_taken_over_mid_run_stops_writes(r: redis.Redis) -> None:
+    """A janitor whose lease another janitor took writes nothing more and reports the loss."""
+    import io
+
+    from janitor.audit import AuditLog
+    from janitor.config import RetentionSettings, Settings
+    from janitor.engine import run_once
+    from janitor.leader import Lease
+
+    fill_finished(r, "stolen", 50)
+    lease = Lease(r, "janitor:leader", 15)
+    assert lease.acquire()
+    r.set(
+        "janitor:leader", b"another-janitor", ex=15
+    )  # our lease lapsed and someone else took it
+    settings = Settings(retention=RetentionSettings(finished=0))
+    report = run_once(
+        r,
+        settings,
+        AuditLog(io.StringIO()),
+        dry_run=False,
+        lease=lease,
+        only=["expire_jobs"],
+    )
+    assert report.lease_lost
+    assert r.zcard(KEYS.finished("stolen")) == 50
