@@ -96,8 +96,50 @@ def _fence_args(fence: Fence | None) -> tuple[bytes, bytes]:
     return fence.key, fence.token
 
 
+Arg = bytes | str | int | float
+"""One argument of a script call."""
+
+
+class ScriptBatch:
+    """A write applied together with others of its class in one call of their script.
+
+    The script's ``KEYS[1]`` is the lease and ``ARGV`` starts with the lease token, then
+    (for scripts that take it) the time, then the number of writes; each write adds its
+    own keys and arguments (``encode``).
+    """
+
+    __slots__ = ()
+
+    source: ClassVar[str]
+    what: ClassVar[str]
+    """What the writes are, for the message when the lease was lost."""
+    takes_now: ClassVar[bool] = False
+
+    def encode(self) -> tuple[list[bytes], list[Arg]]:
+        """This write's keys and arguments, in its script's per-write layout."""
+        raise NotImplementedError
+
+    @classmethod
+    def apply_batch(
+        cls,
+        client: redis.Redis,
+        writes: Sequence[Write],
+        fence: Fence | None,
+        now: float,
+    ) -> list[bool]:
+        """Apply ``writes`` in one script call; per write, whether its re-check passed."""
+        fence_key, token = _fence_args(fence)
+        keys: list[bytes] = [fence_key]
+        args: list[Arg] = [token, *([repr(now)] if cls.takes_now else []), len(writes)]
+        for write in writes:
+            more_keys, more_args = cast("ScriptBatch", write).encode()
+            keys += more_keys
+            args += more_args
+        return _flags(run_script(client, cls.source, keys, args), cls.what)
+
+
 @dataclass(frozen=True, slots=True)
-class DeleteJob:
+class DeleteJob(ScriptBatch):
     """Delete a terminal job and everything that belongs to it, if it is unchanged.
 
     The re-check compares what the plan read (status among ``statuses``, origin,
@@ -125,47 +167,38 @@ class DeleteJob:
     """Started-registry members of this job, removed when stale, fatal to the delete when live."""
 
     source: ClassVar[str] = scripts.DELETE_TERMINAL_JOBS
+    what: ClassVar[str] = "deletes"
+    takes_now: ClassVar[bool] = True
 
-    @classmethod
-    def apply_batch(
-        cls,
-        client: redis.Redis,
-        writes: Sequence[Write],
-        fence: Fence | None,
-        now: float,
-    ) -> list[bool]:
-        """Delete the jobs in one script call; see ``scripts.DELETE_TERMINAL_JOBS``."""
-        fence_key, token = _fence_args(fence)
-        keys: list[bytes] = [fence_key]
-        args: list[bytes | str | int | float] = [token, repr(now), len(writes)]
-        for write in writes:
-            job = cast("DeleteJob", write)
-            keys += [
-                job.job_key,
-                job.registry,
-                job.started,
-                job.dependents,
-                job.group or job.job_key,
-            ]
-            keys += [*job.side_keys, *job.execution_keys]
-            args += [
-                len(job.side_keys),
-                len(job.execution_keys),
-                len(job.started_members),
-            ]
-            args += [job.job_id, b"|" + b"|".join(job.statuses) + b"|", job.origin]
-            args += [
-                job.ended_at,
-                job.score,
-                job.dependents_count,
-                1 if job.group else 0,
-            ]
-            args += list(job.started_members)
-        return _flags(run_script(client, cls.source, keys, args), "deletes")
+    def encode(self) -> tuple[list[bytes], list[Arg]]:
+        """Keys and arguments per ``scripts.DELETE_TERMINAL_JOBS``."""
+        keys = [
+            self.job_key,
+            self.registry,
+            self.started,
+            self.dependents,
+            self.group or self.job_key,
+        ]
+        args: list[Arg] = [
+            len(self.side_keys),
+            len(self.execution_keys),
+            len(self.started_members),
+        ]
+        args += [self.job_id, b"|" + b"|".join(self.statuses) + b"|", self.origin]
+        args += [
+            self.ended_at,
+            self.score,
+            self.dependents_count,
+            1 if self.group else 0,
+        ]
+        return [*keys, *self.side_keys, *self.execution_keys], [
+            *args,
+            *self.started_members,
+        ]
 
 
 @dataclass(frozen=True, slots=True)
-class RecoverJob:
+class RecoverJob(ScriptBatch):
     """Move an abandoned job on (fail, enqueue or schedule it) if all the evidence still holds.
 
     ``keys`` and ``args`` follow ``scripts.RECOVER_ABANDONED_JOBS``, 14 of each per job.
@@ -175,24 +208,12 @@ class RecoverJob:
     args: tuple[bytes, ...]
 
     source: ClassVar[str] = scripts.RECOVER_ABANDONED_JOBS
+    what: ClassVar[str] = "recoveries"
+    takes_now: ClassVar[bool] = True
 
-    @classmethod
-    def apply_batch(
-        cls,
-        client: redis.Redis,
-        writes: Sequence[Write],
-        fence: Fence | None,
-        now: float,
-    ) -> list[bool]:
-        """Recover the jobs in one script call."""
-        fence_key, token = _fence_args(fence)
-        keys: list[bytes] = [fence_key]
-        args: list[bytes | str | int | float] = [token, repr(now), len(writes)]
-        for write in writes:
-            job = cast("RecoverJob", write)
-            keys += job.keys
-            args += job.args
-        return _flags(run_script(client, cls.source, keys, args), "recoveries")
+    def encode(self) -> tuple[list[bytes], list[Arg]]:
+        """Keys and arguments per ``scripts.RECOVER_ABANDONED_JOBS``."""
+        return list(self.keys), list(self.args)
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +274,7 @@ def run_fenced(
 
 
 @dataclass(frozen=True, slots=True)
-class PruneWorkerSets:
+class PruneWorkerSets(ScriptBatch):
     """Remove a worker from worker sets if its hash is still gone (what RQ itself does).
 
     The set member is the worker's hash key, so ``worker_key`` is both what is checked
@@ -264,28 +285,15 @@ class PruneWorkerSets:
     sets: tuple[bytes, ...]
 
     source: ClassVar[str] = scripts.PRUNE_WORKER_MEMBERSHIPS
+    what: ClassVar[str] = "worker prunes"
 
-    @classmethod
-    def apply_batch(
-        cls,
-        client: redis.Redis,
-        writes: Sequence[Write],
-        fence: Fence | None,
-        now: float,  # noqa: ARG003 - the protocol's signature
-    ) -> list[bool]:
-        """Prune the workers in one script call; see ``scripts.PRUNE_WORKER_MEMBERSHIPS``."""
-        fence_key, token = _fence_args(fence)
-        keys: list[bytes] = [fence_key]
-        args: list[bytes | str | int | float] = [token, len(writes)]
-        for write in writes:
-            prune = cast("PruneWorkerSets", write)
-            keys += [prune.worker_key, *prune.sets]
-            args.append(len(prune.sets))
-        return _flags(run_script(client, cls.source, keys, args), "worker prunes")
+    def encode(self) -> tuple[list[bytes], list[Arg]]:
+        """Keys and arguments per ``scripts.PRUNE_WORKER_MEMBERSHIPS``."""
+        return [self.worker_key, *self.sets], [len(self.sets)]
 
 
 @dataclass(frozen=True, slots=True)
-class DeleteZombieWorker:
+class DeleteZombieWorker(ScriptBatch):
     """Delete a TTL-less worker hash of a dead worker, and its memberships, if unchanged.
 
     Re-checked at write time: still a hash without TTL, ``last_heartbeat`` as planned,
@@ -299,24 +307,15 @@ class DeleteZombieWorker:
     sets: tuple[bytes, ...]
 
     source: ClassVar[str] = scripts.DELETE_ZOMBIE_WORKERS
+    what: ClassVar[str] = "zombie deletes"
 
-    @classmethod
-    def apply_batch(
-        cls,
-        client: redis.Redis,
-        writes: Sequence[Write],
-        fence: Fence | None,
-        now: float,  # noqa: ARG003 - the protocol's signature
-    ) -> list[bool]:
-        """Delete the zombies in one script call; see ``scripts.DELETE_ZOMBIE_WORKERS``."""
-        fence_key, token = _fence_args(fence)
-        keys: list[bytes] = [fence_key]
-        args: list[bytes | str | int | float] = [token, len(writes)]
-        for write in writes:
-            zombie = cast("DeleteZombieWorker", write)
-            keys += [zombie.worker_key, *zombie.sets]
-            args += [len(zombie.sets), zombie.last_heartbeat, zombie.channel]
-        return _flags(run_script(client, cls.source, keys, args), "zombie deletes")
+    def encode(self) -> tuple[list[bytes], list[Arg]]:
+        """Keys and arguments per ``scripts.DELETE_ZOMBIE_WORKERS``."""
+        return [self.worker_key, *self.sets], [
+            len(self.sets),
+            self.last_heartbeat,
+            self.channel,
+        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,7 +362,7 @@ class PruneQueue:
 
 
 @dataclass(frozen=True, slots=True)
-class SetJanitorState:
+class SetJanitorState(ScriptBatch):
     """Set (with a TTL), set if absent, or delete (``value`` None) a key of the janitor's own state.
 
     Refuses at construction any key outside ``janitor:``, so bookkeeping can never
@@ -376,6 +375,7 @@ class SetJanitorState:
     only_if_absent: bool = False
 
     source: ClassVar[str] = scripts.SET_JANITOR_STATE
+    what: ClassVar[str] = "state writes"
 
     def __post_init__(self) -> None:
         """Check that the key is the janitor's own."""
@@ -383,23 +383,7 @@ class SetJanitorState:
             msg = f"janitor state must live under janitor:, not {self.key!r}"
             raise ValueError(msg)
 
-    @classmethod
-    def apply_batch(
-        cls,
-        client: redis.Redis,
-        writes: Sequence[Write],
-        fence: Fence | None,
-        now: float,  # noqa: ARG003 - the protocol's signature
-    ) -> list[bool]:
-        """Apply the state changes in one script call; see ``scripts.SET_JANITOR_STATE``."""
-        fence_key, token = _fence_args(fence)
-        keys: list[bytes] = [fence_key]
-        args: list[bytes | str | int | float] = [token, len(writes)]
-        for write in writes:
-            state = cast("SetJanitorState", write)
-            keys.append(state.key)
-            mode = "nx" if state.only_if_absent else "set"
-            if state.value is None:
-                mode = "del"
-            args += [mode, state.value or b"", state.ttl_s]
-        return _flags(run_script(client, cls.source, keys, args), "state writes")
+    def encode(self) -> tuple[list[bytes], list[Arg]]:
+        """Keys and arguments per ``scripts.SET_JANITOR_STATE``."""
+        mode = "del" if self.value is None else "nx" if self.only_if_absent else "set"
+        return [self.key], [mode, self.value or b"", self.ttl_s]
