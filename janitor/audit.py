@@ -41,6 +41,9 @@ def _contract_order(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDi
 _encode = json.encoder.encode_basestring_ascii
 """What ``json.dumps`` (ensure_ascii, as structlog's renderer uses it) does to a string."""
 _CONSTANTS = {True: "true", False: "false", None: "null"}
+_FIELD_NAMES: dict[str, str] = {}
+"""Each field name as it renders before its value (``', "queue": '``): they repeat."""
+_MAX_FIELD_NAMES = 1000
 
 
 def _timestamp() -> str:
@@ -65,6 +68,8 @@ class AuditLog:
         self._context: dict[str, object] = {}
         self._leading: dict[str, object] = {}
         self._context_json = ""
+        self._taken: frozenset[str] = frozenset(_LEADING_KEYS)
+        """Field names the fast rendering leaves to the renderer (they collide)."""
 
     @classmethod
     def open(cls, path: str) -> AuditLog:
@@ -92,6 +97,7 @@ class AuditLog:
         ordered = {k: self._context[k] for k in _LEADING_KEYS if k in self._context}
         ordered.update(self._context)
         self._leading = ordered
+        self._taken = frozenset((*_LEADING_KEYS, *ordered))
         rendered = cast("str", self._render(None, "info", dict(ordered)))
         self._context_json = ", " + rendered[1:-1] if ordered else ""
 
@@ -114,26 +120,26 @@ class AuditLog:
         Strings, ints, booleans and None render exactly as ``json.dumps`` renders them;
         anything else, or a field named like a leading one, takes the renderer.
         """
-        parts = [
-            '{"event": ',
-            _encode(event),
-            ', "timestamp": ',
-            _encode(stamp),
-            self._context_json,
-        ]
+        parts = ['{"event": ', _encode(event), ', "timestamp": ', _encode(stamp)]
+        parts.append(self._context_json)
+        names, taken = _FIELD_NAMES, self._taken
         for key, value in fields.items():
-            kind = value.__class__
-            if kind is str:
-                rendered = _encode(cast("str", value))
-            elif kind is int:
-                rendered = int.__repr__(cast("int", value))
-            elif value is None or kind is bool:
-                rendered = _CONSTANTS[cast("bool | None", value)]
+            if key in taken:
+                return None
+            if isinstance(value, str):
+                rendered = _encode(value)
+            elif value is None or isinstance(value, bool):
+                rendered = _CONSTANTS[value]
+            elif isinstance(value, int):
+                rendered = int.__repr__(value)
             else:
                 return None
-            if key in _LEADING_KEYS or key in self._leading:
-                return None
-            parts += (", ", _encode(key), ": ", rendered)
+            name = names.get(key)
+            if name is None:
+                if len(names) >= _MAX_FIELD_NAMES:
+                    return None
+                name = names[key] = ", " + _encode(key) + ": "
+            parts += (name, rendered)
         parts.append("}\n")
         return "".join(parts)
 

@@ -202,13 +202,14 @@ for r = 1, nreg do
     members = {}
     for _, m in ipairs(redis.call('ZRANGE', started, 0, -1)) do members[m] = true end
   end
-  -- Dependents and execution registries are rare on terminal jobs: when none of this
-  -- registry's jobs has one, one EXISTS answers for all of them.
+  -- Dependents, dependencies and execution registries are rare on terminal jobs: when
+  -- none of this registry's jobs has one, one EXISTS answers for all of them.
   local plain = false
   if ok then
     local sides = {}
     for j = 0, count - 1 do
-      sides[2 * j + 1], sides[2 * j + 2] = KEYS[k + 5 * j + 1], KEYS[k + 5 * j + 4]
+      local x = k + 5 * j
+      sides[3 * j + 1], sides[3 * j + 2], sides[3 * j + 3] = KEYS[x + 1], KEYS[x + 2], KEYS[x + 4]
     end
     for i = 1, #sides, 1000 do
       if redis.call('EXISTS', unpack(sides, i, math.min(i + 999, #sides))) > 0 then break end
@@ -246,8 +247,12 @@ for r = 1, nreg do
               code, ended_at = state[1], h[3]
               ni = ni + 1
               ids[ni] = id
-              doomed[nd + 1], doomed[nd + 2], doomed[nd + 3] = job, KEYS[k + 2], KEYS[k + 3]
-              nd = nd + 3
+              doomed[nd + 1], doomed[nd + 2] = job, KEYS[k + 3]
+              nd = nd + 2
+              if not plain then
+                nd = nd + 1
+                doomed[nd] = KEYS[k + 2]
+              end
               if deps > 0 then
                 nd = nd + 1
                 doomed[nd] = dependents

@@ -8,9 +8,9 @@ import math
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
-from typing import cast
+from typing import NamedTuple, cast
 
 import redis
 from redis.exceptions import NoScriptError
@@ -90,7 +90,7 @@ class ExpireJobs:
         way. Small registries (many per_job queues) start their scans in one pipeline,
         and a page may hold entries of several registries.
         """
-        shapes = _KeyShapes.of(ctx.keys)
+        shapes, memos = _KeyShapes.of(ctx.keys), _Memos()
         page: list[_Candidate] = []
         seen: set[tuple[bytes, bytes]] = set()  # ZSCAN may return an entry twice
         size = ctx.pace.decision_size
@@ -108,10 +108,11 @@ class ExpireJobs:
                     seen.add((judge.reg.key, job_id))
                     page.append(_Candidate(judge, job_id, score))
                     if len(page) >= size:
-                        yield _Page.of(ctx, shapes, page, self._plan_page)
+                        yield _Page.of(ctx, shapes, page, self._plan_page, memos)
                         page, seen, size = [], set(), ctx.pace.decision_size
         if page:
-            yield _Page.of(ctx, shapes, page, self._plan_page)
+            yield _Page.of(ctx, shapes, page, self._plan_page, memos)
+        yield _Cleanup(memos)
 
     def _plan_registry(
         self, ctx: TaskContext, reg: _Registry
@@ -342,7 +343,7 @@ def _scan(ctx: TaskContext, key: bytes, first: object) -> Iterator[tuple[bytes, 
         command = _resp(
             [b"ZSCAN", key, b"%d" % cursor, b"COUNT", b"%d" % ctx.page_size]
         )
-        receive = _Call(ctx.client, command, None).receive
+        receive = _Call(ctx.client, [command], None).receive
         try:
             yield from entries
         finally:
@@ -461,9 +462,8 @@ class _Judge:
         return cls(reg, caps, started, statuses, tuple(spec))
 
 
-@dataclass(frozen=True, slots=True)
-class _Candidate:
-    """A registry entry waiting for the script's judgement."""
+class _Candidate(NamedTuple):
+    """A registry entry waiting for the script's judgement (a tuple: one per entry)."""
 
     judge: _Judge
     job_id: bytes
@@ -481,13 +481,18 @@ _SHAS = {
 }
 
 
+def _bulks(parts: Iterable[bytes]) -> bytes:
+    """Bulk strings of the Redis protocol, as one buffer."""
+    return b"".join([b"$%d\r\n%b\r\n" % (len(part), part) for part in parts])
+
+
 def _bulk(part: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(part), part)
 
 
 def _resp(parts: Sequence[bytes]) -> bytes:
     """A command in the Redis protocol, as one buffer."""
-    return b"".join([b"*%d\r\n" % len(parts), *map(_bulk, parts)])
+    return b"*%d\r\n" % len(parts) + _bulks(parts)
 
 
 _SENDER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="janitor-send")
@@ -507,12 +512,16 @@ class _Call:
     work while Redis does; a large command is sent by ``_SENDER`` for the same reason.
     """
 
-    def __init__(self, client: redis.Redis, command: bytes, script: str | None) -> None:
-        self.client, self.command, self.script = client, command, script
+    def __init__(
+        self, client: redis.Redis, commands: Sequence[bytes], script: str | None
+    ) -> None:
+        self.client, self.script = client, script
+        self.command, self.replies = b"".join(commands), len(commands)
+        """All commands go in one buffer; the reply of the last one is the answer."""
         self.conn = client.connection_pool.get_connection()
         self.failed: Exception | None = None
         self.sent: Future[Exception | None] | None = None
-        if len(command) > _SEND_IN_BACKGROUND:
+        if len(self.command) > _SEND_IN_BACKGROUND:
             self.sent = _SENDER.submit(self._send_now)
         else:
             self.failed = self._send_now()
@@ -529,7 +538,19 @@ class _Call:
 
     def _again(self) -> object:
         self._send()
-        return self.conn.read_response()
+        return self._read_all()
+
+    def _read_all(self) -> object:
+        reply: object = None
+        try:
+            for _ in range(self.replies):
+                reply = self.conn.read_response()
+        except NoScriptError:
+            raise  # the last reply: nothing is left unread
+        except Exception as err:  # replies may be left unread: start afresh
+            self._fail(err)
+            raise
+        return reply
 
     def _fail(self, _: Exception) -> None:
         self.conn.disconnect()  # type: ignore[no-untyped-call]  # as above
@@ -547,15 +568,57 @@ class _Call:
 
     def _read(self) -> object:
         try:
-            return self.conn.read_response()
-        except (redis.ConnectionError, redis.TimeoutError) as err:
-            self._fail(err)
+            return self._read_all()
+        except (redis.ConnectionError, redis.TimeoutError):
             return self.conn.retry.call_with_retry(self._again, self._fail)
         except NoScriptError:
             if self.script is None:
                 raise
             self.client.script_load(self.script)
             return self.conn.retry.call_with_retry(self._again, self._fail)
+
+
+@dataclass
+class _Memos:
+    """Memo keys of answered pages: the next page's call deletes them, the last ones ``_Cleanup``.
+
+    Deleting each right after its answer would be a round trip that waits behind the
+    page Redis is running meanwhile.
+    """
+
+    stale: list[bytes] = field(default_factory=list)
+
+    def take(self) -> list[bytes]:
+        """The memo keys to delete now (and forget)."""
+        stale, self.stale = self.stale, []
+        return stale
+
+
+@dataclass
+class _Cleanup:
+    """The plan's last decision: it judges nothing and deletes the memo keys left over."""
+
+    memos: _Memos
+
+    def __len__(self) -> int:
+        """Nothing to judge."""
+        return 0
+
+    def send(
+        self,
+        client: redis.Redis,
+        fence: Fence | None,  # noqa: ARG002 - the protocol's signature
+        *,
+        dry_run: bool,  # noqa: ARG002 - as above
+    ) -> Callable[[], Decided]:
+        """Return what deletes them once every page before has been answered."""
+
+        def receive() -> Decided:
+            if stale := self.memos.take():
+                client.unlink(*stale)
+            return Decided((), ())
+
+        return receive
 
 
 @dataclass(slots=True)
@@ -569,6 +632,7 @@ class _Page:
     ctx: TaskContext
     groups: list[list[_Candidate]]
     plan_slow: SlowPlanner
+    memos: _Memos
     count: int
     keys: bytes
     """The packed registry and job keys."""
@@ -584,6 +648,7 @@ class _Page:
         shapes: _KeyShapes,
         entries: Sequence[_Candidate],
         plan_slow: SlowPlanner,
+        memos: _Memos,
     ) -> _Page:
         """Group ``entries`` by registry (the script's order) and pack the command's bulk."""
         by_judge: dict[int, list[_Candidate]] = {}
@@ -603,10 +668,11 @@ class _Page:
             ctx,
             groups,
             plan_slow,
+            memos,
             len(entries),
-            b"".join(map(_bulk, keys)),
+            _bulks(keys),
             len(keys),
-            b"".join(map(_bulk, args)),
+            _bulks(args),
             len(args),
         )
 
@@ -635,20 +701,14 @@ class _Page:
                 self.args,
             ]
         )
-        if client.connection is not None:  # a single-connection client has its own lock
-            reply = client.execute_command(*_unpack(command))  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
-            return lambda: self._answer(reply)
-        receive = _Call(client, command, _SOURCES[write]).receive
+        stale = self.memos.take()  # of answered pages: no retry can need them
+        commands = [_resp([b"UNLINK", *stale])] if stale else []
+        receive = _Call(client, [*commands, command], _SOURCES[write]).receive
+        return lambda: self._answer(receive(), memo)
 
-        def answer() -> Decided:
-            reply = receive()
-            if write:
-                client.unlink(memo)  # the reply arrived: no retry can need the memo
-            return self._answer(reply)
-
-        return answer
-
-    def _answer(self, reply: object) -> Decided:
+    def _answer(self, reply: object, memo: bytes) -> Decided:
+        if memo:
+            self.memos.stale.append(memo)
         if reply in (scripts.FENCED_OUT, [scripts.FENCED_OUT]):
             msg = "the leader lease was lost before a page of deletes; nothing was written"
             raise LeadershipLost(msg)
@@ -692,15 +752,3 @@ class _Page:
     ) -> Iterator[Action | Skip]:
         for judge, entries in left:
             yield from self.plan_slow(self.ctx, judge.reg, judge.caps, entries)
-
-
-def _unpack(command: bytes) -> list[bytes]:
-    """The arguments of a command packed by ``_resp`` (for the single-connection client)."""
-    parts: list[bytes] = []
-    pos = command.index(b"\r\n") + 2
-    while pos < len(command):
-        end = command.index(b"\r\n", pos)
-        size = int(command[pos + 1 : end])
-        parts.append(command[end + 2 : end + 2 + size])
-        pos = end + 2 + size + 2
-    return parts
