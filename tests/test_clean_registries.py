@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import json
 import time
 from collections.abc import Sequence
 from datetime import timedelta
@@ -14,9 +12,8 @@ import redis
 from rq import Queue
 
 from janitor.actions import Action, Skip
-from janitor.audit import AuditLog
 from janitor.config import RqSettings, Settings
-from janitor.engine import RunReport, run_once
+from janitor.engine import RunReport
 from janitor.keyspace import Keyspace
 from janitor.policy import QueueFilter
 from janitor.tasks.base import TaskContext
@@ -29,6 +26,7 @@ from janitor.tasks.clean_registries import (
 )
 from tests import funcs
 from tests.conftest import Clock
+from tests.engine_run import run_tasks
 from tests.funcs import work
 from tests.rqenv import RQ_VERSIONS
 from tests.rqstate import Manifest, produce
@@ -47,17 +45,9 @@ def run(
     config: Settings | None = None,
 ) -> tuple[RunReport, list[dict[str, Any]]]:
     """Run clean_registries once at ``now``; return the report and the parsed audit lines."""
-    stream = io.StringIO()
-    report = run_once(
-        client,
-        config or Settings(),
-        AuditLog(stream),
-        dry_run=dry_run,
-        only=["clean_registries"],
-        now=lambda: now,
+    return run_tasks(
+        client, config, only=["clean_registries"], now=now, dry_run=dry_run
     )
-    assert report.failed_tasks == ()
-    return report, [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
 def refreshed(events: list[dict[str, Any]]) -> list[str]:

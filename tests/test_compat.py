@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import json
-import time
 from typing import Any
 
 import pytest
 import redis
 
-from janitor.audit import AuditLog
 from janitor.config import RetentionSettings, RqSettings, Settings
-from janitor.engine import run_once
+from tests.engine_run import run_tasks
 from tests.rqenv import RQ_VERSIONS
 from tests.rqstate import MARKER, SECRET_ERROR, Manifest, produce
 from tests.servers import RedisServer
@@ -39,18 +36,9 @@ def expire(
     client: redis.Redis, manifest: Manifest, *, dry_run: bool = False
 ) -> list[dict[str, Any]]:
     """Run expire_jobs with zero retention on the manifest's key prefix; return the audit lines."""
-    stream = io.StringIO()
     config = Settings(retention=ZERO, rq=RqSettings(key_prefix=manifest.key_prefix))
-    report = run_once(
-        client,
-        config,
-        AuditLog(stream),
-        dry_run=dry_run,
-        only=["expire_jobs"],
-        now=time.time,
-    )
-    assert report.failed_tasks == ()
-    return [json.loads(line) for line in stream.getvalue().splitlines()]
+    _, events = run_tasks(client, config, only=["expire_jobs"], dry_run=dry_run)
+    return events
 
 
 def keys_of(client: redis.Redis, job_id: str) -> list[bytes]:

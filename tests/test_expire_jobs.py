@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from typing import Any, cast
@@ -13,15 +12,15 @@ from rq import Queue
 from rq.job import Job
 
 from janitor.actions import Action, DeleteJob, Fence
-from janitor.audit import AuditLog
 from janitor.config import RetentionRule, RetentionSettings, RqSettings, Settings
-from janitor.engine import RunReport, run_once
+from janitor.engine import RunReport
 from janitor.errors import LeadershipLost
 from janitor.keyspace import Keyspace
 from janitor.policy import QueueFilter
 from janitor.tasks.base import TaskContext
 from janitor.tasks.expire_jobs import ExpireJobs
 from tests import funcs
+from tests.engine_run import run_tasks
 from tests.funcs import work
 from tests.snapshot import assert_unchanged, snapshot
 
@@ -39,16 +38,14 @@ def run(
     client: redis.Redis, config: Settings, now: float, *, dry_run: bool = False
 ) -> tuple[RunReport, list[dict[str, Any]]]:
     """Run expire_jobs once; return the report and the parsed audit lines."""
-    stream = io.StringIO()
-    report = run_once(
+    return run_tasks(
         client,
         config,
-        AuditLog(stream),
-        dry_run=dry_run,
         only=["expire_jobs"],
-        now=lambda: now,
+        now=now,
+        dry_run=dry_run,
+        must_succeed=False,
     )
-    return report, [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
 def deleted_ids(events: list[dict[str, Any]]) -> set[str]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,10 +10,9 @@ from typing import Any
 import pytest
 import redis
 
-from janitor.audit import AuditLog
 from janitor.config import RetentionSettings, RqSettings, Settings
-from janitor.engine import run_once
 from janitor.keyspace import Keyspace
+from tests.engine_run import run_tasks
 from tests.rqstate import produce
 from tests.servers import RedisServer, find_server_binaries
 from tests.snapshot import assert_unchanged, snapshot
@@ -59,16 +56,8 @@ def run(
     later: float = 0.0,
 ) -> list[dict[str, Any]]:
     """All tasks once; the audit lines."""
-    stream = io.StringIO()
-    report = run_once(
-        client,
-        settings,
-        AuditLog(stream),
-        dry_run=dry_run,
-        now=lambda: time.time() + later,
-    )
-    assert report.failed_tasks == ()
-    return [json.loads(line) for line in stream.getvalue().splitlines()]
+    _, events = run_tasks(client, settings, now=time.time() + later, dry_run=dry_run)
+    return events
 
 
 @pytest.mark.parametrize("rq_version", ["1.16.2", "3.0.0"])

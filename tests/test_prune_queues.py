@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import json
 import time
 import uuid
 from collections.abc import Callable
@@ -15,14 +13,13 @@ import redis
 from rq import Queue, Worker
 
 from janitor.actions import Action, PruneQueue
-from janitor.audit import AuditLog
 from janitor.config import RetentionSettings, RqSettings, Settings
-from janitor.engine import run_once
 from janitor.keyspace import Keyspace
 from janitor.policy import QueueFilter
 from janitor.tasks.base import TaskContext
 from janitor.tasks.prune_queues import PRUNE_QUEUE_GRACE_S, STATE_TTL_S, PruneQueues
 from tests import funcs
+from tests.engine_run import run_tasks
 from tests.snapshot import assert_unchanged, snapshot
 
 KEYS = Keyspace()
@@ -44,17 +41,8 @@ def run(
     only: tuple[str, ...] = ("prune_queues",),
 ) -> list[dict[str, Any]]:
     """Run the tasks once through the engine; return the parsed audit lines."""
-    stream = io.StringIO()
-    report = run_once(
-        client,
-        config or Settings(),
-        AuditLog(stream),
-        dry_run=dry_run,
-        only=only,
-        now=lambda: now,
-    )
-    assert report.failed_tasks == ()
-    return [json.loads(line) for line in stream.getvalue().splitlines()]
+    _, events = run_tasks(client, config, only=only, now=now, dry_run=dry_run)
+    return events
 
 
 def pruned(events: list[dict[str, Any]]) -> set[str]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import io
-import json
 import time
 from collections.abc import Iterator
 from typing import Any, cast
@@ -14,15 +12,15 @@ import redis
 from rq import Worker
 
 from janitor.actions import Action, DeleteZombieWorker, Fence, PruneWorkerSets
-from janitor.audit import AuditLog
 from janitor.config import RqSettings, Settings
-from janitor.engine import RunReport, run_once
+from janitor.engine import RunReport
 from janitor.errors import LeadershipLost
 from janitor.keyspace import Keyspace
 from janitor.policy import QueueFilter
 from janitor.tasks import prune_workers
 from janitor.tasks.base import TaskContext
 from janitor.tasks.prune_workers import PruneWorkers
+from tests.engine_run import run_tasks
 from tests.rqenv import RQ_VERSIONS
 from tests.rqstate import Manifest, produce
 from tests.servers import RedisServer
@@ -41,16 +39,14 @@ def run(
     dry_run: bool = False,
 ) -> tuple[RunReport, list[dict[str, Any]]]:
     """Run prune_workers once through the engine; return the report and the parsed audit lines."""
-    stream = io.StringIO()
-    report = run_once(
+    return run_tasks(
         client,
-        config or Settings(),
-        AuditLog(stream),
-        dry_run=dry_run,
+        config,
         only=["prune_workers"],
-        now=lambda: now,
+        now=now,
+        dry_run=dry_run,
+        must_succeed=False,
     )
-    return report, [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
 def pruned(events: list[dict[str, Any]]) -> dict[str, tuple[list[str], str]]:

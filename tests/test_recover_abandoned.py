@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import json
 import time
 from collections.abc import Iterator
 from typing import Any, cast
@@ -13,10 +11,9 @@ import redis
 from rq.job import Job
 from rq.results import Result
 
-from janitor.audit import AuditLog
 from janitor.config import AbandonedSettings, RqSettings, Settings
-from janitor.engine import run_once
 from janitor.keyspace import Keyspace
+from tests.engine_run import run_tasks
 from tests.rqenv import RQ_VERSIONS
 from tests.rqstate import Manifest, produce
 from tests.servers import RedisServer
@@ -33,21 +30,17 @@ def recover(
     dry_run: bool = False,
 ) -> list[dict[str, Any]]:
     """One recover_abandoned pass, LATER seconds from now; return its job_abandoned events."""
-    stream = io.StringIO()
     config = Settings(
         abandoned=AbandonedSettings(action=action),
         rq=RqSettings(key_prefix=manifest.key_prefix),
     )
-    report = run_once(
+    _, events = run_tasks(
         client,
         config,
-        AuditLog(stream),
-        dry_run=dry_run,
         only=["recover_abandoned"],
-        now=lambda: time.time() + LATER,
+        now=time.time() + LATER,
+        dry_run=dry_run,
     )
-    assert report.failed_tasks == ()
-    events = [json.loads(line) for line in stream.getvalue().splitlines()]
     return [e for e in events if e["event"] == "job_abandoned"]
 
 

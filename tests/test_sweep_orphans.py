@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import time
 from typing import Any, cast
@@ -13,9 +12,8 @@ import redis
 from rq import Queue
 
 from janitor.actions import Action
-from janitor.audit import AuditLog
 from janitor.config import RqSettings, Settings
-from janitor.engine import RunReport, run_once
+from janitor.engine import RunReport
 from janitor.keyspace import Keyspace
 from janitor.policy import QueueFilter
 from janitor.tasks import TASKS
@@ -28,6 +26,7 @@ from janitor.tasks.sweep_orphans import (
 )
 from tests import funcs
 from tests.conftest import Clock
+from tests.engine_run import run_tasks
 from tests.funcs import work
 from tests.rqenv import RQ_VERSIONS
 from tests.rqstate import MARKER, SECRET_ERROR, produce
@@ -54,17 +53,7 @@ def run(
     config: Settings | None = None,
 ) -> tuple[RunReport, list[dict[str, Any]]]:
     """Run sweep_orphans once at ``now``; return the report and the parsed audit lines."""
-    stream = io.StringIO()
-    report = run_once(
-        client,
-        config or Settings(),
-        AuditLog(stream),
-        dry_run=dry_run,
-        only=["sweep_orphans"],
-        now=lambda: now,
-    )
-    assert report.failed_tasks == ()
-    return report, [json.loads(line) for line in stream.getvalue().splitlines()]
+    return run_tasks(client, config, only=["sweep_orphans"], now=now, dry_run=dry_run)
 
 
 def deleted(events: list[dict[str, Any]]) -> dict[str, str]:
