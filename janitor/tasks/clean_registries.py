@@ -46,7 +46,16 @@ from typing import ClassVar, cast
 import redis
 
 from janitor import scripts
-from janitor.actions import Action, Fence, SetJanitorState, Skip, Write, run_fenced
+from janitor.actions import (
+    Action,
+    Arg,
+    Fence,
+    ScriptBatch,
+    SetJanitorState,
+    Skip,
+    Write,
+    run_fenced,
+)
 from janitor.audit import get_logger
 from janitor.jobs import TERMINAL_STATUSES
 from janitor.keyspace import Layout, iter_queue_names, to_text
@@ -75,7 +84,7 @@ Page = list[tuple[bytes, bytes]]
 
 
 @dataclass(frozen=True, slots=True)
-class MarkerWrite:
+class MarkerWrite(ScriptBatch):
     """Take (``SET NX EX``) or give back (compare-and-delete) a queue's maintenance marker."""
 
     op: bytes
@@ -84,23 +93,11 @@ class MarkerWrite:
     token: bytes
 
     source: ClassVar[str] = scripts.CLEANING_MARKER
+    what: ClassVar[str] = "marker writes"
 
-    @classmethod
-    def apply_batch(
-        cls,
-        client: redis.Redis,
-        writes: Sequence[Write],
-        fence: Fence | None,
-        now: float,  # noqa: ARG003 - the protocol's signature
-    ) -> list[bool]:
-        """Take or give back the markers in one script call."""
-        keys: list[bytes] = []
-        args: list[bytes | str | int | float] = [len(writes)]
-        for write in writes:
-            marker = cast("MarkerWrite", write)
-            keys.append(marker.marker)
-            args += [marker.op, marker.token, MARKER_TTL_S]
-        return [bool(n) for n in run_fenced(client, cls.source, fence, keys, args)]
+    def encode(self) -> tuple[list[bytes], list[Arg]]:
+        """Keys and arguments per ``scripts.CLEANING_MARKER``."""
+        return [self.marker], [self.op, self.token, MARKER_TTL_S]
 
 
 @dataclass(frozen=True, slots=True)

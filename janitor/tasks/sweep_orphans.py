@@ -41,7 +41,7 @@ from typing import ClassVar, cast
 import redis
 
 from janitor import scripts
-from janitor.actions import Action, Fence, SetJanitorState, Skip, Write, run_fenced
+from janitor.actions import Action, Arg, ScriptBatch, SetJanitorState, Skip
 from janitor.jobs import TERMINAL_STATUSES, FieldError, parse_rq_time
 from janitor.keyspace import Keyspace, id_in, to_text
 from janitor.tasks.base import TaskContext
@@ -62,7 +62,7 @@ _TERMINAL = frozenset(status.encode() for status in TERMINAL_STATUSES)
 
 
 @dataclass(frozen=True, slots=True)
-class DeleteOrphan:
+class DeleteOrphan(ScriptBatch):
     """UNLINK one key if it is still TTL-less and still ownerless; see ``scripts.DELETE_ORPHANS``."""
 
     key: bytes
@@ -79,24 +79,13 @@ class DeleteOrphan:
     """The children's job hashes, in the order of ``children``."""
 
     source: ClassVar[str] = scripts.DELETE_ORPHANS
+    what: ClassVar[str] = "orphan deletes"
 
-    @classmethod
-    def apply_batch(
-        cls,
-        client: redis.Redis,
-        writes: Sequence[Write],
-        fence: Fence | None,
-        now: float,  # noqa: ARG003 - the protocol's signature
-    ) -> list[bool]:
-        """Delete the keys in one script call."""
-        keys: list[bytes] = []
-        args: list[bytes | str | int | float] = [len(writes)]
-        for write in writes:
-            orphan = cast("DeleteOrphan", write)
-            keys += [orphan.key, orphan.owner, *orphan.child_keys]
-            args += [orphan.type_, int(orphan.ghost), orphan.status, orphan.heartbeat]
-            args += [len(orphan.children), *orphan.children]
-        return [bool(n) for n in run_fenced(client, cls.source, fence, keys, args)]
+    def encode(self) -> tuple[list[bytes], list[Arg]]:
+        """Keys and arguments per ``scripts.DELETE_ORPHANS``."""
+        keys = [self.key, self.owner, *self.child_keys]
+        args: list[Arg] = [self.type_, int(self.ghost), self.status, self.heartbeat]
+        return keys, [*args, len(self.children), *self.children]
 
 
 @dataclass(frozen=True, slots=True)
