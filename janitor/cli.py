@@ -97,6 +97,18 @@ def _options(
     return group.over(GlobalOptions(config, redis_url, log_format))
 
 
+def _load(
+    ctx: click.Context,
+    config: str | None,
+    redis_url: str | None,
+    log_format: str | None,
+) -> Settings:
+    """The effective settings, with the operational log set up as they say."""
+    settings = _options(ctx, config, redis_url, log_format).load()
+    configure_logging(settings.log_format)
+    return settings
+
+
 @contextmanager
 def _exit_codes() -> Iterator[None]:
     """Turn the janitor's errors into a message on stderr and their exit code."""
@@ -174,8 +186,7 @@ def run(  # noqa: PLR0913 - one parameter per documented option
     if not once and (dry_run or tasks or queues):
         msg = "--dry-run, --task and --queue go with --once"
         raise click.UsageError(msg, ctx)
-    settings = _options(ctx, config, redis_url, log_format).load()
-    configure_logging(settings.log_format)
+    settings = _load(ctx, config, redis_url, log_format)
     if not once:
         from janitor.daemon import serve
 
@@ -235,8 +246,7 @@ def check(
     log_format: str | None,
 ) -> int:
     """Validate the config, connect, ping, and report the RQ data layout found."""
-    settings = _options(ctx, config, redis_url, log_format).load()
-    configure_logging(settings.log_format)
+    settings = _load(ctx, config, redis_url, log_format)
     client = connect(settings.redis)
     keys = Keyspace(settings.rq.key_prefix)
     click.echo("config: ok")
@@ -296,8 +306,7 @@ def report_command(  # noqa: PLR0913 - one parameter per documented option
     from janitor.report import build_report
     from janitor.report_text import render_report
 
-    settings = _options(ctx, config, redis_url, log_format).load()
-    configure_logging(settings.log_format)
+    settings = _load(ctx, config, redis_url, log_format)
     data = build_report(connect(settings.redis), settings, time.time(), queues=queues)
     click.echo(json.dumps(data, indent=2) if as_json else render_report(data))
     return EXIT_OK
@@ -325,8 +334,7 @@ def explain_command(  # noqa: PLR0913 - one parameter per documented option
     from janitor.explain import explain
     from janitor.report_text import render_explain
 
-    settings = _options(ctx, config, redis_url, log_format).load()
-    configure_logging(settings.log_format)
+    settings = _load(ctx, config, redis_url, log_format)
     data = explain(connect(settings.redis), settings, job_id, time.time())
     click.echo(json.dumps(data, indent=2) if as_json else render_explain(data))
     return EXIT_OK
