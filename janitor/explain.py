@@ -16,14 +16,13 @@ import redis
 
 from janitor.config import TERMINAL_STATES, Settings
 from janitor.errors import NoSuchJob
-from janitor.jobs import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL
+from janitor.jobs import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL, has_waiting_children
 from janitor.keyspace import Keyspace, to_text
 from janitor.policy import QueueFilter, Retention, retention_for
 from janitor.report import DOCS
 from janitor.report_queues import ENDED
 from janitor.report_read import (
     JobInfo,
-    has_waiting_children,
     read_jobs,
     terminal_end,
 )

@@ -6,6 +6,11 @@ import datetime as dt
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
+
+import redis
+
+from janitor.keyspace import Keyspace
 
 DEFAULT_RESULT_TTL = 500
 """RQ's ``DEFAULT_RESULT_TTL`` (unchanged from 1.0 to 3.0)."""
@@ -26,6 +31,10 @@ LIVE_STATUSES = frozenset(
 """Statuses of jobs that are waiting or running; the janitor never deletes these."""
 TERMINAL_STATUSES = frozenset({"finished", "failed", "stopped", "canceled"})
 """Statuses after which RQ will not run a job again unless asked to."""
+_TERMINAL_RAW = frozenset(status.encode() for status in TERMINAL_STATUSES)
+
+MAX_CHILDREN_CHECKED = 100
+"""A job with more dependents than this counts as waited on, rather than read child by child."""
 
 JOB_FIELDS: tuple[str, ...] = (
     "status",
@@ -66,6 +75,11 @@ def parse_rq_time(raw: bytes | None) -> float | None:
         return parsed.timestamp()
     msg = "not an RQ timestamp"
     raise FieldError(msg)
+
+
+def format_rq_time(epoch: float) -> str:
+    """RQ's ``utcformat`` of an epoch time, as RQ writes ``enqueued_at`` and ``ended_at``."""
+    return dt.datetime.fromtimestamp(epoch, tz=dt.UTC).strftime(_TIME_FORMATS[0])
 
 
 def parse_int(raw: bytes | None) -> int | None:
@@ -176,3 +190,25 @@ def entered_failed_registry(score: float, failure_ttl: int | None) -> float | No
     if ttl < 0 or score < 0 or math.isinf(score):
         return None
     return score - ttl
+
+
+def has_waiting_children(client: redis.Redis, keys: Keyspace, job_id: bytes) -> bool:
+    """Whether a dependent of the job still waits on it: one that is not itself terminal.
+
+    Such a child can only ever run if its parent is requeued, so a parent that did not
+    finish is kept while it has one (``expire_jobs``; ``report`` and ``explain`` say so).
+    More than ``MAX_CHILDREN_CHECKED`` dependents count as waiting.
+    """
+    children = cast(
+        "list[bytes]",
+        client.srandmember(keys.dependents(job_id), MAX_CHILDREN_CHECKED + 1),
+    )
+    if len(children) > MAX_CHILDREN_CHECKED:
+        return True
+    pipe = client.pipeline(transaction=False)
+    for child in children:
+        pipe.hget(keys.job(child), "status")
+    return any(
+        status is not None and status not in _TERMINAL_RAW
+        for status in pipe.execute(raise_on_error=False)
+    )

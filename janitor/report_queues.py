@@ -17,6 +17,7 @@ from typing import Any
 import redis
 
 from janitor.config import TERMINAL_STATES, Settings
+from janitor.jobs import has_waiting_children
 from janitor.keyspace import Keyspace, iter_queue_names, to_text
 from janitor.policy import QueueFilter, retention_for
 from janitor.report_read import (
@@ -25,7 +26,6 @@ from janitor.report_read import (
     STATES,
     TERMINAL_COLLECTIONS,
     Entry,
-    has_waiting_children,
     read_collection,
     sample_ranks,
     since,

@@ -63,9 +63,6 @@ EXTRA_FIELDS = ("created_at", "enqueued_at", "started_at", "ttl")
 EDGE = 5
 """Entries read at each end of a sampled collection: the oldest, and ``+inf``-scored ones."""
 
-MAX_CHILDREN_CHECKED = 100
-"""As in expire_jobs: a parent with more dependents than this counts as having waiting ones."""
-
 
 @dataclass(frozen=True, slots=True)
 class JobInfo:
@@ -267,21 +264,3 @@ def since(state: str, kind: str, score: float | None, job: JobInfo) -> float | N
     if state == "started":
         return job.started_at
     return job.created_at or job.enqueued_at
-
-
-def has_waiting_children(client: redis.Redis, keys: Keyspace, job_id: bytes) -> bool:
-    """Whether a dependent of the job still waits on it (the rule expire_jobs applies)."""
-    children = cast(
-        "list[bytes]",
-        client.srandmember(keys.dependents(job_id), MAX_CHILDREN_CHECKED + 1),
-    )
-    if len(children) > MAX_CHILDREN_CHECKED:
-        return True
-    pipe = client.pipeline(transaction=False)
-    for child in children:
-        pipe.hget(keys.job(child), "status")
-    return any(
-        status is not None
-        and status not in {b"finished", b"failed", b"stopped", b"canceled"}
-        for status in pipe.execute(raise_on_error=False)
-    )

@@ -14,6 +14,7 @@ from janitor.jobs import (
     FieldError,
     JobFields,
     entered_failed_registry,
+    has_waiting_children,
 )
 from janitor.keyspace import iter_queue_names, to_text
 from janitor.policy import Retention, retention_for
@@ -37,9 +38,6 @@ REGISTRIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("canceled", ("canceled",)),
 )
 """Each terminal registry and the job statuses RQ keeps in it."""
-
-MAX_CHILDREN_CHECKED = 100
-"""A parent with more dependents than this is kept rather than read child by child."""
 
 REGISTRIES_PER_READ = 64
 """How many registries the fast path starts scanning in one pipeline (many small queues)."""
@@ -188,7 +186,11 @@ class ExpireJobs:
         if not over_age and not (cap is not None and (float(raw_score), job_id) < cap):
             return
         dependents = int(cast("int", entry.dependents))
-        if dependents and status != "finished" and _has_waiting_children(ctx, job_id):
+        if (
+            dependents
+            and status != "finished"
+            and has_waiting_children(ctx.client, ctx.keys, job_id)
+        ):
             yield Skip(NAME, "dependents still wait on this job", where)
             return
         rule = retention.age_rule if over_age else cast("str", retention.cap_rule)
@@ -238,29 +240,6 @@ def _delete_write(
         ),
         execution_keys=tuple(keys.execution(job_id, e) for e in executions),
         started_members=(job_id, *(keys.started_member(job_id, e) for e in executions)),
-    )
-
-
-def _has_waiting_children(ctx: TaskContext, job_id: bytes) -> bool:
-    """Whether a job that did not finish still has a dependent that waits on it.
-
-    Such a child can only ever run if the parent is requeued, so deleting the parent
-    would strand it. More children than ``MAX_CHILDREN_CHECKED`` count as waiting.
-    """
-    children = cast(
-        "list[bytes]",
-        ctx.client.srandmember(ctx.keys.dependents(job_id), MAX_CHILDREN_CHECKED + 1),
-    )
-    if len(children) > MAX_CHILDREN_CHECKED:
-        return True
-    pipe = ctx.client.pipeline(transaction=False)
-    for child in children:
-        pipe.hget(ctx.keys.job(child), "status")
-    statuses = pipe.execute(raise_on_error=False)
-    return any(
-        status is not None
-        and status not in {b"finished", b"failed", b"stopped", b"canceled"}
-        for status in statuses
     )
 
 

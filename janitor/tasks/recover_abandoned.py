@@ -20,7 +20,6 @@ and are not done here.
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import json
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -31,6 +30,7 @@ from janitor.actions import Action, RecordSuspects, RecoverJob, Skip
 from janitor.jobs import (
     DEFAULT_FAILURE_TTL,
     FieldError,
+    format_rq_time,
     parse_int,
     parse_rq_time,
     parse_text,
@@ -211,7 +211,7 @@ class RecoverAbandoned:
                 str(
                     DEFAULT_FAILURE_TTL if failure_ttl is None else failure_ttl
                 ).encode(),
-                _utcformat(ctx.now).encode(),
+                format_rq_time(ctx.now).encode(),
                 repr(at).encode(),
                 retries,
                 keys.queue(queue),
@@ -317,12 +317,7 @@ def _retry_interval(raw: bytes | None, retries_left: int) -> int:
     return int(intervals[max(len(intervals) - retries_left, 0)])
 
 
-def _utcformat(epoch: float) -> str:
-    """RQ's ``utcformat`` of an epoch time."""
-    return dt.datetime.fromtimestamp(epoch, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def _failure_result(now: float) -> bytes:
     """The ``exc_string`` of a failure result as RQ stores it: base64 of zlib-compressed text."""
-    text = ABANDONED_MESSAGE.format(at=_utcformat(now))
+    text = ABANDONED_MESSAGE.format(at=format_rq_time(now))
     return base64.b64encode(zlib.compress(text.encode()))

@@ -42,7 +42,12 @@ import redis
 
 from janitor import scripts
 from janitor.actions import Action, Arg, ScriptBatch, SetJanitorState, Skip
-from janitor.jobs import TERMINAL_STATUSES, FieldError, parse_rq_time
+from janitor.jobs import (
+    MAX_CHILDREN_CHECKED,
+    TERMINAL_STATUSES,
+    FieldError,
+    parse_rq_time,
+)
 from janitor.keyspace import Keyspace, id_in, to_text
 from janitor.tasks.base import TaskContext
 
@@ -53,8 +58,6 @@ CURSOR_TTL_S = 7 * 86_400
 """A cursor unused for a week is dropped and the SCAN starts over (the default runs daily)."""
 GHOST_MIN_AGE_S = 600
 """A data-less job hash with a younger heartbeat may still be in flight (§9.1 rule 6)."""
-MAX_CHILDREN_CHECKED = 100
-"""A dependents set with more children than this is left alone rather than read."""
 GHOST_FIELDS = ("status", "last_heartbeat", "origin")
 """The only job hash fields read from a ghost candidate."""
 
