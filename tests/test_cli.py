@@ -39,6 +39,13 @@ def janitor(
     )
 
 
+def run_once_cli(
+    config_file: Path, server: RedisServer
+) -> subprocess.CompletedProcess[str]:
+    """``janitor run --once`` with the test's config file against the test's server."""
+    return janitor("run", "--once", "-c", str(config_file), "--redis-url", server.url)
+
+
 def audit_lines(path: Path) -> list[dict[str, Any]]:
     """The JSON lines of an audit log file."""
     return [json.loads(line) for line in path.read_text().splitlines()]
@@ -83,9 +90,7 @@ class TestRunOnce:
         state: dict[str, list[str]],
     ) -> None:
         """Finished jobs past retention go; failed and queued ones stay; exit 0 and an audit line each."""
-        result = janitor(
-            "run", "--once", "-c", str(config_file), "--redis-url", redis_server.url
-        )
+        result = run_once_cli(config_file, redis_server)
         assert result.returncode == 0, result.stderr
         events = audit_lines(config_file.parent / "audit.jsonl")
         deleted = {e["job_id"] for e in events if e["event"] == "job_deleted"}
@@ -121,9 +126,7 @@ class TestRunOnce:
         dry_events = audit_lines(config_file.parent / "audit.jsonl")
         assert all(e["dry_run"] is True for e in dry_events)
         (config_file.parent / "audit.jsonl").unlink()
-        janitor(
-            "run", "--once", "-c", str(config_file), "--redis-url", redis_server.url
-        )
+        run_once_cli(config_file, redis_server)
         real_events = audit_lines(config_file.parent / "audit.jsonl")
 
         def ids(events: list[dict[str, Any]]) -> set[str]:
@@ -139,13 +142,9 @@ class TestRunOnce:
         state: dict[str, list[str]],
     ) -> None:
         """A run right after a run deletes nothing and changes nothing."""
-        janitor(
-            "run", "--once", "-c", str(config_file), "--redis-url", redis_server.url
-        )
+        run_once_cli(config_file, redis_server)
         before = snapshot(r)
-        second = janitor(
-            "run", "--once", "-c", str(config_file), "--redis-url", redis_server.url
-        )
+        second = run_once_cli(config_file, redis_server)
         assert second.returncode == 0
         assert "nothing to do" in second.stderr
         assert_unchanged(before, snapshot(r))
@@ -160,9 +159,7 @@ class TestRunOnce:
         """When another janitor holds the lease, a real run writes nothing and exits 75."""
         r.set("janitor:leader", b"other-janitor", ex=60)
         before = snapshot(r)
-        result = janitor(
-            "run", "--once", "-c", str(config_file), "--redis-url", redis_server.url
-        )
+        result = run_once_cli(config_file, redis_server)
         assert result.returncode == 75
         assert "another janitor holds the lease" in result.stderr
         assert_unchanged(before, snapshot(r))
@@ -177,9 +174,7 @@ class TestRunOnce:
         """A task that crashes is audited as task_failed, exit 1, and the other task still does its work."""
         r.sadd(KEYS.queues(), KEYS.queue("broken"))
         r.set(KEYS.started("broken"), b"not a sorted set")
-        result = janitor(
-            "run", "--once", "-c", str(config_file), "--redis-url", redis_server.url
-        )
+        result = run_once_cli(config_file, redis_server)
         assert result.returncode == 1
         events = audit_lines(config_file.parent / "audit.jsonl")
         failed = [e for e in events if e["event"] == "task_failed"]

@@ -28,6 +28,11 @@ def readme_acl(password: str) -> list[str]:
     return [f">{password}" if word.startswith(">") else word for word in words]
 
 
+def acl_url(server: RedisServer, password: str) -> str:
+    """The URL with which the janitor logs in as the documented ACL user."""
+    return f"redis://janitor:{quote(password)}@127.0.0.1:{server.port}/0"
+
+
 @pytest.fixture
 def acl_user(r: redis.Redis) -> Iterator[str]:
     """A user named janitor with exactly the README's ACL; yields its password."""
@@ -59,7 +64,7 @@ def test_every_task_runs_as_the_documented_acl_user(
     tmp_path: Path,
 ) -> None:
     """All tasks run, twice, as the README's ACL user without a permission error, and delete what they should."""
-    url = f"redis://janitor:{quote(acl_user)}@127.0.0.1:{redis_server.port}/0"
+    url = acl_url(redis_server, acl_user)
     config = tmp_path / "janitor.toml"
     config.write_text(
         '[retention]\nfinished = "0s"\nfailed = "0s"\ncanceled = "0s"\nstopped = "0s"\n'
@@ -104,7 +109,7 @@ def test_no_password_or_payload_in_any_output(
     tmp_path: Path,
 ) -> None:
     """Passwords and job payloads appear in no log line, audit line, error or config output."""
-    url = f"redis://janitor:{quote(acl_user)}@127.0.0.1:{redis_server.port}/0"
+    url = acl_url(redis_server, acl_user)
     config = tmp_path / "janitor.toml"
     config.write_text('[retention]\nfinished = "0s"\nfailed = "0s"\n')
     r.hset(
