@@ -119,66 +119,73 @@ return out
 
 
 _RQ_TIME = """
--- RQ's utcformat ('2026-10-20T06:48:14.418003Z', 27 characters) as microseconds since
--- the epoch, or nil for anything else, including impossible dates: strict on purpose,
--- so that only values Python's strptime reads the same way take the fast path.
--- (The digits are read as bytes: captures and tonumber cost twice as much.)
+-- Whether a value is RQ's utcformat ('2026-10-20T06:48:14.418003Z', 27 characters) of a
+-- real moment from 1970 to 2200: strict on purpose, so that only values Python's
+-- strptime reads the same way take the fast path. Such values compare as strings in
+-- the order of time (fixed width, zero-padded), so the scripts compare them with cutoffs
+-- written the same way, and need no arithmetic. (Redis may collate strings by its
+-- locale, which at worst ignores the punctuation: it sits at the same places in both.)
 local MONTH_DAYS = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31}
-local function rq_micros(t)
+local function rq_time_ok(t)
   if not t or #t ~= 27 or not string.find(t, '^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%d%d%d%dZ$') then
-    return nil
+    return false
   end
-  local y1, y2, y3, y4, _, m1, m2, _, d1, d2, _, h1, h2, _, i1, i2, _, s1, s2, _,
-    u1, u2, u3, u4, u5, u6 = string.byte(t, 1, 26)
-  local y = y1 * 1000 + y2 * 100 + y3 * 10 + y4 - 53328
+  if t < '1970' or t >= '2201' then return false end
+  -- the digits are read as bytes ('0' is 48): captures and tonumber cost twice as much
+  local m1, m2, _, d1, d2, _, h1, h2, _, i1, i2, _, s1, s2 = string.byte(t, 6, 19)
   local mo, d = m1 * 10 + m2 - 528, d1 * 10 + d2 - 528
-  local h, mi, s = h1 * 10 + h2 - 528, i1 * 10 + i2 - 528, s1 * 10 + s2 - 528
-  local us = u1 * 100000 + u2 * 10000 + u3 * 1000 + u4 * 100 + u5 * 10 + u6 - 5333328
-  -- up to 2200 the microseconds stay exact in a Lua number (a double)
-  if y < 1970 or y > 2200 or mo < 1 or mo > 12 or d < 1 or h > 23 or mi > 59 or s > 59 then
-    return nil
+  if mo < 1 or mo > 12 or d < 1 or h1 * 10 + h2 > 551 or i1 * 10 + i2 > 587 or s1 * 10 + s2 > 587 then
+    return false
   end
   local last = MONTH_DAYS[mo]
-  if mo == 2 and y % 4 == 0 and (y % 100 ~= 0 or y % 400 == 0) then last = 29 end
-  if d > last then return nil end
-  -- days since 1970-01-01 (H. Hinnant's days_from_civil)
-  -- (every operand is a non-negative integer here, so x - x % n is n times floor(x / n))
-  local yy = mo <= 2 and y - 1 or y
-  local yoe = yy % 400
-  local m = 153 * (mo > 2 and mo - 3 or mo + 9) + 2
-  local doy = (m - m % 5) / 5 + d - 1
-  local days = (yy - yoe) / 400 * 146097 + yoe * 365 + (yoe - yoe % 4) / 4
-    - (yoe - yoe % 100) / 100 + doy - 719468
-  return (days * 86400 + h * 3600 + mi * 60 + s) * 1000000 + us
+  if mo == 2 and d == 29 then
+    local y = tonumber(string.sub(t, 1, 4))
+    if y % 4 == 0 and (y % 100 ~= 0 or y % 400 == 0) then last = 29 end
+  end
+  return d <= last
 end
 """
+
 
 EXPIRE_TERMINAL_JOBS = (
     _FENCE
     + _GUARDS
     + _RQ_TIME
     + """
--- The fast path of expire_jobs: judges registry entries by the retention and, in the same
--- atomic step, deletes each job that is plainly past its age rule: its status one of its
--- registry's, its origin the registry's queue, a well-formed ended_at at or before the
--- cutoff of its status, no group, no execution, no member in the started registry, no
--- dependents unless it finished, and no side key of the wrong type. Everything else is
--- left untouched and answered '?': the janitor then plans it the ordinary way (read,
--- plan, DELETE_TERMINAL_JOBS with its re-checks), so both paths end the same way.
--- ARGV: 1 token, 2 '1' to delete ('0' only judges: a dry run), 3 registry count,
---   4 and 5 the job key's text before and after the id, then per registry: origin, its
---   job count, status count, then per status: status, cutoff (microseconds since the
---   epoch: an ended_at at or before it is past the age rule, one more than 4 us after
---   it is not), capped ('1' when a keep_last cap applies to the status).
--- KEYS: 1 lease, then per registry: registry, started registry; then per job, grouped by
---   registry in the same order: job hash, dependents, dependencies, results, executions.
--- Returns {codes}, one code per job: '-' keep (gone, or younger than its age rule), '?'
---   plan the ordinary way, or a letter for the status ('a' = the registry's first)
---   followed by the job's 27-character ended_at: deleted (in a dry run: would be).
-local apply, nreg = ARGV[2] == '1', tonumber(ARGV[3])
-local id_from, id_to = #ARGV[4] + 1, -(#ARGV[5] + 1)
-local k, a, n = 2 + 2 * nreg, 6, 0
-local out, doomed, nd = {}, {}, 0
+-- The fast path of expire_jobs: walks registries itself, in their order, and judges each
+-- entry by the retention and, in the same atomic step, deletes each job that is plainly
+-- past its age rule: its status one of its registry's, its origin the registry's queue,
+-- a well-formed ended_at at or before the cutoff of its status, no group, no execution,
+-- no member in the started registry, no dependents unless it finished, and no side key
+-- of the wrong type. Everything else is left untouched; what is not plainly young (or
+-- gone) is answered back to be planned the ordinary way (read, plan,
+-- DELETE_TERMINAL_JOBS with its re-checks), so both paths end the same way.
+-- The job's keys are built here from their templates (head and tail around the id)
+-- instead of passed in KEYS: an RQ keyspace lives in one database, never in a cluster.
+-- A walk goes by rank (deleting from the front of a sorted set is cheap, and ZRANGE
+-- cheaper than ZSCAN); its cursor is the rank to go on from and the last entry it kept,
+-- whose rank is looked up again, so entries that others add or remove meanwhile shift
+-- nothing. (Only if that entry left too, entries before the cursor that left may make
+-- the walk pass over as many: the next run gets them.)
+-- ARGV: 1 token, 2 '1' to delete ('0' only judges: a dry run), 3 budget (entries to walk
+--   at most, overrun by at most one small registry), 4 to 13 head and tail of: job hash,
+--   dependents, dependencies, results, executions; 14 registry count, then per registry:
+--   origin, cursor ('0' to start), status count, then per status: status, cutoff (RQ's
+--   time format: an ended_at at or before it is past the age rule), young (at or after
+--   it, 5 us after the cutoff, it is not; in between only the planner's own float
+--   arithmetic can tell), capped ('1' when a keep_last cap applies to the status).
+-- KEYS: 1 lease, then per registry: registry, started registry.
+-- Returns {cursors, found, slow}: per registry its next cursor ('0' done, '-' not reached
+--   within the budget, 'x' not a sorted set or its started registry is not one: plan it
+--   the ordinary way); per registry one string of what was deleted (in a dry run: would
+--   be), per job a letter for its status ('a' = the registry's first), its 27-character
+--   ended_at, the id's length, ':' and the id; slow: registry index, id and score of
+--   each entry to plan the ordinary way.
+local apply, budget = ARGV[2] == '1', tonumber(ARGV[3])
+local jh, jt, dh, dt, ph, pt = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local rh, rt, eh, et = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
+local nreg, a, judged = tonumber(ARGV[14]), 15, 0
+local cursors, found, slow, ns = {}, {}, {}, 0
 -- A job's dependents and execution registry: whether both read, and their sizes.
 local function side(dependents, executions)
   if redis.call('EXISTS', dependents, executions) == 0 then return true, 0, 0 end
@@ -186,102 +193,130 @@ local function side(dependents, executions)
   local execs, read_e = read('ZCARD', executions)
   return read_d and read_e, deps, execs
 end
-for r = 1, nreg do
-  local registry, started = KEYS[2 * r], KEYS[2 * r + 1]
-  local origin, count, nstates = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  local states = {}
-  a = a + 3
-  for s = 1, nstates do
-    states[ARGV[a]] = {string.char(96 + s), tonumber(ARGV[a + 1]), ARGV[a + 2] == '1'}
-    a = a + 3
-  end
-  local ok = writable(registry, 'zset') and writable(started, 'zset')
-  -- A started registry holds the running jobs: usually few, read once into a table.
-  local members
-  if ok and redis.call('ZCARD', started) <= 1000 then
-    members = {}
-    for _, m in ipairs(redis.call('ZRANGE', started, 0, -1)) do members[m] = true end
-  end
+-- Judges (and deletes) entries of registry r; appends to out what it deleted and
+-- returns out's new length, how many entries it kept, and the last one kept.
+local function judge(r, registry, started, origin, states, members, items, out, n)
   -- Dependents, dependencies and execution registries are rare on terminal jobs: when
-  -- none of this registry's jobs has one, one EXISTS answers for all of them.
+  -- none of this page's jobs has one, one EXISTS answers for all of them.
   local plain = false
-  if ok then
-    local sides = {}
-    for j = 0, count - 1 do
-      local x = k + 5 * j
-      sides[3 * j + 1], sides[3 * j + 2], sides[3 * j + 3] = KEYS[x + 1], KEYS[x + 2], KEYS[x + 4]
-    end
-    for i = 1, #sides, 1000 do
-      if redis.call('EXISTS', unpack(sides, i, math.min(i + 999, #sides))) > 0 then break end
-      plain = i + 1000 > #sides
-    end
+  local sides = {}
+  for i = 1, #items, 2 do
+    local id = items[i]
+    sides[#sides + 1] = dh .. id .. dt
+    sides[#sides + 1] = ph .. id .. pt
+    sides[#sides + 1] = eh .. id .. et
   end
-  local ids, ni = {}, 0
-  for _ = 1, count do
-    local job, dependents, executions = KEYS[k], KEYS[k + 1], KEYS[k + 4]
-    local code, ended_at = '?', nil
-    local h = ok and redis.pcall('HMGET', job, 'status', 'origin', 'ended_at', 'group_id')
-    if h and not h.err then
+  for i = 1, #sides, 1000 do
+    if redis.call('EXISTS', unpack(sides, i, math.min(i + 999, #sides))) > 0 then break end
+    plain = i + 1000 > #sides
+  end
+  local ids, ni, doomed, nd, kept, last = {}, 0, {}, 0, 0, nil
+  for i = 1, #items, 2 do
+    local id, score = items[i], items[i + 1]
+    local job = jh .. id .. jt
+    local code = '?'
+    local h = redis.pcall('HMGET', job, 'status', 'origin', 'ended_at', 'group_id')
+    if not h.err then
       if not h[1] then
-        if redis.call('EXISTS', job, dependents, executions) == 0 then code = '-' end
+        if redis.call('EXISTS', job, dh .. id .. dt, eh .. id .. et) == 0 then code = '-' end
       else
-        local state = states[h[1]]
-        local ended = state and h[2] == origin and rq_micros(h[3])
-        if ended then
+        local state, ended = states[h[1]], h[3]
+        if state and h[2] == origin and rq_time_ok(ended) then
           local readable, deps, execs = true, 0, 0
-          if not plain then readable, deps, execs = side(dependents, executions) end
+          if not plain then readable, deps, execs = side(dh .. id .. dt, eh .. id .. et) end
           if not readable then code = '?'
           elseif ended > state[2] then
-            -- younger: kept, unless a cap applies or it is within 4 us of the cutoff,
-            -- where only the planner's own float arithmetic can tell
-            if not state[3] and ended > state[2] + 4 then code = '-' end
+            -- younger: kept, unless a cap applies or it is within 5 us of the cutoff
+            if not state[4] and ended >= state[3] then code = '-' end
           elseif (not h[4] or h[4] == '') and execs == 0 and (deps == 0 or h[1] == 'finished') then
-            local id = string.sub(job, id_from, id_to)
             local running
             if members then running = members[id]
             else
-              local score, read_s = read('ZSCORE', started, id)
-              running = score or not read_s
+              local s, read_s = read('ZSCORE', started, id)
+              running = s or not read_s
             end
             if not running then
-              code, ended_at = state[1], h[3]
+              code = '+'
+              n = n + 5
+              out[n - 4], out[n - 3], out[n - 2], out[n - 1], out[n] = state[1], h[3], #id, ':', id
               ni = ni + 1
               ids[ni] = id
-              doomed[nd + 1], doomed[nd + 2] = job, KEYS[k + 3]
+              doomed[nd + 1], doomed[nd + 2] = job, rh .. id .. rt
               nd = nd + 2
               if not plain then
                 nd = nd + 1
-                doomed[nd] = KEYS[k + 2]
+                doomed[nd] = ph .. id .. pt
               end
               if deps > 0 then
                 nd = nd + 1
-                doomed[nd] = dependents
+                doomed[nd] = dh .. id .. dt
               end
             end
           end
         end
       end
     end
-    n = n + 1
-    out[n] = code
-    if ended_at then
-      n = n + 1
-      out[n] = ended_at
+    if code == '?' then
+      slow[ns + 1], slow[ns + 2], slow[ns + 3] = r, id, score
+      ns = ns + 3
     end
-    k = k + 5
+    if code ~= '+' or not apply then
+      kept, last = kept + 1, id
+    end
   end
   if apply then
     for i = 1, ni, 1000 do
       redis.call('ZREM', registry, unpack(ids, i, math.min(i + 999, ni)))
     end
+    for i = 1, nd, 1000 do
+      redis.call('UNLINK', unpack(doomed, i, math.min(i + 999, nd)))
+    end
+  end
+  return n, kept, last
+end
+for r = 1, nreg do
+  local registry, started = KEYS[2 * r], KEYS[2 * r + 1]
+  local origin, cursor, nstates = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  local states = {}
+  a = a + 3
+  for s = 1, nstates do
+    states[ARGV[a]] = {string.char(96 + s), ARGV[a + 1], ARGV[a + 2], ARGV[a + 3] == '1'}
+    a = a + 4
+  end
+  found[r] = ''
+  if judged >= budget then
+    cursors[r] = '-'
+  elseif not (writable(registry, 'zset') and writable(started, 'zset')) then
+    cursors[r] = 'x'
+  else
+    -- A started registry holds the running jobs: usually few, read once into a table.
+    local members
+    if redis.call('ZCARD', started) <= 1000 then
+      members = {}
+      for _, m in ipairs(redis.call('ZRANGE', started, 0, -1)) do members[m] = true end
+    end
+    local out, n, start, anchor, done = {}, 0, 0, nil, false
+    if cursor ~= '0' then
+      local space = string.find(cursor, ' ', 1, true)
+      start, anchor = tonumber(string.sub(cursor, 1, space - 1)), string.sub(cursor, space + 1)
+      local rank = anchor ~= '' and redis.call('ZRANK', registry, anchor)
+      if rank then start = rank + 1 end
+    end
+    repeat
+      local want = math.max(1, budget - judged)
+      local items = redis.call('ZRANGE', registry, start, start + want - 1, 'WITHSCORES')
+      local got = #items / 2
+      local kept, last
+      judged = judged + got
+      n, kept, last = judge(r, registry, started, origin, states, members, items, out, n)
+      start, anchor = start + kept, last or anchor
+      done = got < want
+    until done or judged >= budget
+    cursors[r] = done and '0' or (start .. ' ' .. (anchor or ''))
+    found[r] = table.concat(out)
   end
 end
-if apply then
-  for i = 1, nd, 1000 do
-    redis.call('UNLINK', unpack(doomed, i, math.min(i + 999, nd)))
-  end
-end
-return {table.concat(out)}
+return {cursors, found, slow}
 """
 )
 

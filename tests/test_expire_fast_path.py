@@ -36,6 +36,7 @@ from janitor.keyspace import Keyspace
 from janitor.policy import QueueFilter
 from janitor.tasks import TASKS
 from janitor.tasks.base import DECISIONS_IN_FLIGHT, Pace, TaskContext
+from janitor.tasks.expire_fast import cutoffs
 from janitor.tasks.expire_jobs import ExpireJobs
 from tests.snapshot import snapshot
 
@@ -410,32 +411,37 @@ def test_a_page_with_a_stale_lease_token_writes_nothing(r: redis.Redis) -> None:
     fill(r, [PLAIN] * 3, broken_started=False)
     r.set("janitor:leader", b"someone-else")
     before = snapshot(r)
-    pages = [
-        page
-        for page in ExpireJobs().decide(context(r))
-        if not isinstance(page, (Action, Skip))
-    ]
-    assert [len(page) for page in pages] == [3, 0]  # the page, then the memo clean-up
-    page = pages[0]
+    page = next(iter(ExpireJobs().decide(context(r))))
+    assert not isinstance(page, (Action, Skip))
     receive = page.send(r, Fence(b"janitor:leader", b"mine"), dry_run=False)
     with pytest.raises(LeadershipLost):
+        receive()
+    with pytest.raises(LeadershipLost):  # the engine reads it again when it drains
         receive()
     assert snapshot(r) == before
 
 
-def test_job_changed_between_scan_and_script_is_judged_as_it_is_now(
+def test_job_changed_after_the_page_was_made_is_judged_as_it_is_now(
     r: redis.Redis,
 ) -> None:
-    """The script reads the job when it runs: a job requeued after the scan stays."""
+    """The script reads the job when it runs: a job requeued before it runs stays."""
     fill(r, [PLAIN, PLAIN], broken_started=False)
-    pages = list(ExpireJobs().decide(context(r)))
+    page = next(iter(ExpireJobs().decide(context(r))))
     r.hset(KEYS.job(b"job-1"), "status", b"queued")
-    page = pages[0]
     assert not isinstance(page, (Action, Skip))
     decided = page.send(r, None, dry_run=False)()
     assert [fields["job_id"] for _, fields in decided.events] == ["job:\\xff-0"]
     assert list(decided.rest) == []  # a queued job in the finished registry: left alone
     assert r.hget(KEYS.job(b"job-1"), "status") == b"queued"
+
+
+def test_pages_must_be_sent_in_order(r: redis.Redis) -> None:
+    """Asking for the next page before sending this one is refused: it needs the cursors."""
+    fill(r, [PLAIN] * 3, broken_started=False)
+    pages = iter(ExpireJobs().decide(context(r)))
+    next(pages)
+    with pytest.raises(RuntimeError, match="sent before the next"):
+        next(pages)
 
 
 def test_pages_stay_within_the_audit_bound() -> None:
@@ -449,34 +455,74 @@ def test_pages_stay_within_the_audit_bound() -> None:
     assert pace.size == pace.maximum
 
 
-def rq_micros(client: redis.Redis, values: list[bytes]) -> list[str]:
-    """The script's reading of each value: microseconds since the epoch, or 'nil'."""
+def script_accepts(client: redis.Redis, values: list[bytes]) -> list[bool]:
+    """The script's verdict on each value: RQ's time format, and a real moment?"""
     body = (
         scripts._RQ_TIME
-        + "local out = {} for i, v in ipairs(ARGV) do local m = rq_micros(v) "
-        + "out[i] = m and string.format('%.0f', m) or 'nil' end return out"
+        + "local out = {} for i, v in ipairs(ARGV) do "
+        + "out[i] = rq_time_ok(v) and 1 or 0 end return out"
     )
     reply = client.eval(body, 0, *values)
-    return [value.decode() for value in cast("list[bytes]", reply)]
+    return [bool(value) for value in cast("list[int]", reply)]
 
 
-def python_micros(value: bytes) -> str:
+def python_accepts(value: bytes) -> bool:
     """What the fast path must agree with: parse_rq_time, in the script's strict format."""
     try:
         parsed = parse_rq_time(value)
     except FieldError:
-        return "nil"
-    if parsed is None or len(value) != 27 or not 1970 <= int(value[:4]) <= 2200:
-        return "nil"
+        return False
+    return parsed is not None and len(value) == 27 and 1970 <= int(value[:4]) <= 2200
+
+
+def script_before(client: redis.Redis, pairs: list[tuple[bytes, bytes]]) -> list[bool]:
+    """The script's comparison ``a <= b`` of each pair of RQ times."""
+    body = (
+        "local out = {} for i = 1, #ARGV, 2 do "
+        "out[#out + 1] = ARGV[i] <= ARGV[i + 1] and 1 or 0 end return out"
+    )
+    flat = [value for pair in pairs for value in pair]
+    return [bool(v) for v in cast("list[int]", client.eval(body, 0, *flat))]
+
+
+def exact_micros(value: bytes) -> int:
+    """Microseconds since the epoch of an RQ time, exactly (no float)."""
     moment = dt.datetime.strptime(value.decode(), RQ_FORMAT).replace(tzinfo=dt.UTC)
-    return str(
-        (moment - dt.datetime(1970, 1, 1, tzinfo=dt.UTC))
-        // dt.timedelta(microseconds=1)
+    return (moment - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(
+        microseconds=1
     )
 
 
+def test_the_scripts_time_cutoffs_order_as_python_does(r: redis.Redis) -> None:
+    """An ended_at is at or before a cutoff for the script exactly when it is in time."""
+    rng = random.Random(7)
+    now = NOW + 0.123456
+    pairs: list[tuple[bytes, bytes]] = []
+    expected: list[bool] = []
+    for age in (1, 59, 3600, DAY, 40 * DAY, 365 * DAY, 50 * 365 * DAY):
+        past, young = cutoffs(now, age)
+        assert exact_micros(young) - exact_micros(past) == 5
+        assert exact_micros(past) == int((now - age) * 1_000_000) - 2
+        edge = exact_micros(past)
+        for _ in range(300):
+            micros = rng.choice(
+                [rng.randrange(0, 7_200_000_000_000_000), edge + rng.randrange(-3, 9)]
+            )
+            value = rq_time(micros / 1_000_000)
+            pairs += [(value, past), (young, value)]
+            expected += [
+                exact_micros(value) <= edge,
+                exact_micros(value) >= edge + 5,
+            ]
+    assert script_before(r, pairs) == expected
+    always = cutoffs(now, 0)[0]  # "0s": past every time the script accepts
+    assert script_before(r, [(b"2200-12-31T23:59:59.999999Z", always)]) == [True]
+    too_old = cutoffs(now, 3000 * 365 * DAY)[0]  # nothing is that old
+    assert too_old == b"1969-12-31T23:59:59.999999Z"
+
+
 def test_the_scripts_rq_time_agrees_with_python(r: redis.Redis) -> None:
-    """rq_micros reads exactly what Python reads, and refuses what Python refuses."""
+    """The script accepts exactly the times Python reads in RQ's format, from 1970 to 2200."""
     rng = random.Random(6)
     values = [rq_time(rng.uniform(0, 7_200_000_000)) for _ in range(3000)] + [
         b"2024-02-29T12:00:00.000001Z",
@@ -499,4 +545,4 @@ def test_the_scripts_rq_time_agrees_with_python(r: redis.Redis) -> None:
         b"2026-01-01T00:00:00Z",
         b"",
     ]
-    assert rq_micros(r, values) == [python_micros(value) for value in values]
+    assert script_accepts(r, values) == [python_accepts(value) for value in values]

@@ -1,11 +1,12 @@
-"""The fast path of ``expire_jobs``: one script per page judges entries and deletes the plain cases.
+"""The fast path of ``expire_jobs``: one script per page scans, judges and deletes the plain cases.
 
-``scripts.EXPIRE_TERMINAL_JOBS`` judges each registry entry by the retention in the same
-atomic step as its delete, and answers '?' for anything that is not plainly past its age
-rule; those go back to ``expire_jobs``' ordinary planner (``DELETE_TERMINAL_JOBS`` with its
-re-checks). Pages are packed here into single buffers and kept two in flight, so Redis runs
-one while the janitor audits the one before; ``tests/test_expire_fast_path.py`` proves both
-paths end in the same state with the same audit lines.
+``scripts.EXPIRE_TERMINAL_JOBS`` walks registries itself, judges each entry by the
+retention in the same atomic step as its delete, and answers back anything that is not
+plainly past or short of its age rule; those go to ``expire_jobs``' ordinary planner
+(``DELETE_TERMINAL_JOBS`` with its re-checks). The next page is sent as soon as the
+previous one's answer arrives, before that answer is audited, so Redis runs one page while
+the janitor audits the one before; ``tests/test_expire_fast_path.py`` proves both paths
+end in the same state with the same audit lines.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import datetime as dt
 import hashlib
 import math
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple, cast
+from itertools import islice
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 from redis.exceptions import NoScriptError
@@ -43,45 +46,12 @@ if TYPE_CHECKING:
         ],
         Iterator[Action | Skip],
     ]
-    """Plans entries the script left ('?') the ordinary way."""
-
-ALWAYS = b"9000000000000000"
-"""A cutoff past every ended_at the script reads (it reads years up to 2200): age 0s."""
-
-
-def scan_registry(
-    ctx: TaskContext, key: bytes, first: object
-) -> Iterator[tuple[bytes, bytes]]:
-    """The (member, raw score) pairs of a registry: ``first`` is its pipelined first ZSCAN.
-
-    Each next ZSCAN is sent before the entries of the current one are handed out, so
-    Redis answers it before the script call those entries go into, and the reply is
-    already waiting when the janitor parses it, while Redis runs that script.
-    """
-    if isinstance(first, Exception):
-        raise first  # as plan's own ZSCAN would: a broken registry fails the task
-    cursor, entries = cast("tuple[int, list[tuple[bytes, bytes]]]", first)
-    while True:
-        if cursor == 0:
-            yield from entries
-            return
-        command = _resp(
-            [b"ZSCAN", key, b"%d" % cursor, b"COUNT", b"%d" % ctx.page_size]
-        )
-        receive = _Call(ctx.client, [command], None).receive
-        try:
-            yield from entries
-        finally:
-            reply = cast("list[object]", receive())
-        items = cast("list[bytes]", reply[1])
-        cursor, entries = (
-            int(cast("bytes", reply[0])),
-            list(zip(items[::2], items[1::2], strict=True)),
-        )
-
+    """Plans entries the script answered back the ordinary way."""
+    RegistryPlanner = Callable[[TaskContext, _Registry], Iterator[Action | Skip]]
+    """Plans a whole registry the ordinary way (the script could not scan it)."""
 
 # -- the fast path: EXPIRE_TERMINAL_JOBS judges and deletes the plain cases ------------------
-_KEEP, _PLAN, _FIRST_STATE = ord("-"), ord("?"), ord("a")
+_FIRST_STATE = ord("a")
 _ENDED_AT_LEN = 27
 """``len("2026-10-20T06:48:14.418003Z")``: the only ended_at the script deletes by."""
 
@@ -110,24 +80,35 @@ class KeyShapes:
         )
         return cls(tuple(_shape(build) for build in builders))
 
-    def keys_of(self, job_ids: Iterable[bytes]) -> list[bytes]:
-        """The script's five keys of each job, in its order."""
-        (jh, jt), (dh, dt_), (ph, pt), (rh, rt), (eh, et) = self.shapes
-        keys: list[bytes] = []
-        for i in job_ids:
-            keys += (jh + i + jt, dh + i + dt_, ph + i + pt, rh + i + rt, eh + i + et)
-        return keys
+    @property
+    def args(self) -> list[bytes]:
+        """The templates as the script's ARGV 4 to 13: head, tail of each key, in order."""
+        return [part for shape in self.shapes for part in shape]
 
 
-def _cutoff(now: float, max_age_s: int) -> bytes:
-    """The latest ended_at (microseconds since the epoch) that is past ``max_age_s``.
+_EPOCH = dt.datetime(1970, 1, 1)  # noqa: DTZ001 - naive on purpose: only formatted, as UTC
+_ALWAYS = 9_000_000_000_000_000
+"""Microseconds past every ended_at the script accepts (it accepts years up to 2200)."""
 
-    Two microseconds on the safe side of the planner's own float arithmetic, so the
-    script never deletes a job ``plan`` would keep; "0s" deletes whatever the age.
+
+def _rq_text(micros: int) -> bytes:
+    """``micros`` since the epoch in RQ's time format (exact: integer arithmetic)."""
+    moment = _EPOCH + dt.timedelta(microseconds=micros)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
+
+
+def cutoffs(now: float, max_age_s: int) -> tuple[bytes, bytes]:
+    """The latest ended_at past ``max_age_s``, and the first one plainly not, in RQ's format.
+
+    The first is two microseconds on the safe side of the planner's own float
+    arithmetic, so the script never deletes a job ``plan`` would keep; between the two
+    the script asks the planner. "0s" deletes whatever the age.
     """
     if max_age_s <= 0:
-        return ALWAYS
-    return str(math.floor((now - max_age_s) * 1_000_000) - 2).encode()
+        cutoff = _ALWAYS
+    else:  # never before 1970: the strings compare as times only with four-digit years
+        cutoff = max(-1, math.floor((now - max_age_s) * 1_000_000) - 2)
+    return _rq_text(cutoff), _rq_text(cutoff + 5)
 
 
 _EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
@@ -166,8 +147,10 @@ class Judge:
     started: bytes
     statuses: tuple[str, ...]
     spec: tuple[bytes, ...]
-    """ARGV after the registry's origin and job count: status count, then per status
-    the status, its cutoff and whether a cap applies."""
+    """ARGV after the registry's origin and cursor: status count, then per status the
+    status, its two cutoffs (see ``cutoffs``) and whether a cap applies."""
+    rules: tuple[str, ...]
+    """The age rule of each status, in ``statuses``' order (for the audit lines)."""
 
     @classmethod
     def of(
@@ -177,18 +160,11 @@ class Judge:
         statuses = tuple(reg.retentions)
         spec = [str(len(statuses)).encode()]
         for status in statuses:
-            cutoff = _cutoff(ctx.now, reg.retentions[status].max_age_s)
-            spec += [status.encode(), cutoff, b"1" if status in caps else b"0"]
+            past, young = cutoffs(ctx.now, reg.retentions[status].max_age_s)
+            spec += [status.encode(), past, young, b"1" if status in caps else b"0"]
         started = ctx.keys.started(reg.queue)
-        return cls(reg, caps, started, statuses, tuple(spec))
-
-
-class Candidate(NamedTuple):
-    """A registry entry waiting for the script's judgement (a tuple: one per entry)."""
-
-    judge: Judge
-    job_id: bytes
-    raw_score: bytes
+        rules = tuple(reg.retentions[status].age_rule for status in statuses)
+        return cls(reg, caps, started, statuses, tuple(spec), rules)
 
 
 _SOURCES = {
@@ -342,134 +318,215 @@ class Cleanup:
         return receive
 
 
-@dataclass(slots=True)
-class Page:
-    """A page of registry entries for one ``EXPIRE_TERMINAL_JOBS`` call (a ``Decision``).
+REGISTRIES_PER_CALL = 64
+"""At most this many registries go into one script call (many small per_job queues)."""
+SIZES_PER_READ = 256
+"""How many registries' sizes one pipeline reads: empty ones never go into a script."""
 
-    The bulk of the command (every key but the lease, every argument but the token and
-    the mode) is packed when the page is made, while Redis still runs the previous one.
+
+@dataclass(slots=True)
+class Walk:
+    """A registry the script is walking: its judge, its cursor, and its size."""
+
+    judge: Judge
+    cursor: bytes
+    size: int
+    """``ZCARD`` when the walk began: only a hint, for how many registries share a call."""
+
+
+class Sweep:
+    """The registries of one fast-path run, and where each one's scan stands.
+
+    The script walks each registry itself, so a page needs the cursors of the
+    page before: ``ScanPage.send`` first reads that page's answer (kept for the engine,
+    which audits it afterwards), then sends its own call, so that Redis runs the next
+    page while the janitor audits the previous one.
     """
 
-    ctx: TaskContext
-    groups: list[list[Candidate]]
-    plan_slow: SlowPlanner
-    memos: Memos
-    count: int
-    keys: bytes
-    """The packed registry and job keys."""
-    nkeys: int
-    args: bytes
-    """The packed arguments after the token and the mode."""
-    nargs: int
-
-    @classmethod
-    def of(
-        cls,
+    def __init__(
+        self,
         ctx: TaskContext,
-        shapes: KeyShapes,
-        entries: Sequence[Candidate],
-        plan_slow: SlowPlanner,
-        memos: Memos,
-    ) -> Page:
-        """Group ``entries`` by registry (the script's order) and pack the command's bulk."""
-        by_judge: dict[int, list[Candidate]] = {}
-        for entry in entries:
-            by_judge.setdefault(id(entry.judge), []).append(entry)
-        groups = list(by_judge.values())
-        job_head, job_tail = shapes.shapes[0]
-        keys: list[bytes] = []
-        args: list[bytes] = [b"%d" % len(groups), job_head, job_tail]
-        for group in groups:
-            judge = group[0].judge
-            keys += (judge.reg.key, judge.started)
-            args += (judge.reg.queue, b"%d" % len(group), *judge.spec)
-        for group in groups:
-            keys += shapes.keys_of(entry.job_id for entry in group)
-        return cls(
-            ctx,
-            groups,
-            plan_slow,
-            memos,
-            len(entries),
-            _bulks(keys),
-            len(keys),
-            _bulks(args),
-            len(args),
-        )
+        registries: Iterator[_Registry],
+        judge_of: Callable[[_Registry], Judge],
+        planners: tuple[SlowPlanner, RegistryPlanner],
+    ) -> None:
+        """Walk ``registries``; ``planners`` plan entries and whole registries the ordinary way."""
+        self.ctx, self.registries, self.judge_of = ctx, registries, judge_of
+        self.plan_slow, self.plan_registry = planners
+        self.memos = Memos()
+        self.walks: deque[Walk] = deque()
+        self.exhausted = False
+        self.last: ScanPage | None = None
+        """The latest page sent: its answer holds the cursors the next page starts from."""
+        self.templates = KeyShapes.of(ctx.keys).args
+
+    def more(self) -> bool:
+        """Whether another page may find work (an answer still unread may leave some)."""
+        if self.last is not None and not self.last.settled:
+            return True
+        self._refill()
+        return bool(self.walks)
+
+    def _refill(self) -> None:
+        """Read the sizes of the next registries; the empty ones are left out."""
+        while len(self.walks) < REGISTRIES_PER_CALL and not self.exhausted:
+            chunk = list(islice(self.registries, SIZES_PER_READ))
+            if not chunk:
+                self.exhausted = True
+                return
+            pipe = self.ctx.client.pipeline(transaction=False)
+            for reg in chunk:
+                pipe.zcard(reg.key)
+            for reg, size in zip(
+                chunk, pipe.execute(raise_on_error=False), strict=True
+            ):
+                if isinstance(size, Exception):  # the script answers 'x' for it
+                    self.walks.append(Walk(self.judge_of(reg), b"0", 1))
+                elif size:
+                    self.walks.append(Walk(self.judge_of(reg), b"0", int(size)))
+
+    def take(self, budget: int) -> list[Walk]:
+        """The registries of the next call: enough, by their sizes, for ``budget`` entries."""
+        if self.last is not None:
+            self.last.settle()
+        self._refill()
+        taken: list[Walk] = []
+        total = 0
+        while self.walks and total < budget and len(taken) < REGISTRIES_PER_CALL:
+            walk = self.walks.popleft()
+            taken.append(walk)
+            total += walk.size
+        return taken
+
+    def resume(self, walks: Sequence[Walk]) -> None:
+        """Put registries a call did not finish back at the front, in their order."""
+        self.walks.extendleft(reversed(walks))
+
+
+def _no_decision() -> Decided:
+    return Decided((), ())
+
+
+class ScanPage:
+    """One ``EXPIRE_TERMINAL_JOBS`` call over the front of a sweep's registries (a ``Decision``)."""
+
+    def __init__(self, sweep: Sweep) -> None:
+        """A page of ``sweep``: what it covers is settled when it is sent."""
+        self.sweep = sweep
+        self.sent = self.settled = False
+        self.budget = 0
+        self.walks: list[Walk] = []
+        self.call: _Call | None = None
+        self.memo = b""
+        self.answer: tuple[list[bytes], list[object]] = ([], [])
+        self.broken: list[Judge] = []
+        self.error: Exception | None = None
 
     def __len__(self) -> int:
-        """How many entries the script judges."""
-        return self.count
+        """How many entries the script may scan (the engine paces calls by it)."""
+        return self.budget
 
     def send(
         self, client: redis.Redis, fence: Fence | None, *, dry_run: bool
     ) -> Callable[[], Decided]:
         """Send the script call (judge only when ``dry_run``); return its reader."""
+        self.sent = True
+        sweep = self.sweep
+        budget = sweep.ctx.pace.decision_size
+        self.walks = sweep.take(budget)  # reads the previous page's answer first
+        if not self.walks:
+            self.settled = True
+            return _no_decision
+        self.budget = budget
         write = not dry_run
-        memo = Keyspace.janitor_key("memo", uuid.uuid4().hex) if write else b""
-        nkeys = 1 + self.nkeys + (1 if write else 0)
-        command = b"".join(
-            [
-                b"*%d\r\n" % (3 + nkeys + 2 + self.nargs),
-                _bulk(b"EVALSHA"),
-                _bulk(_SHAS[write]),
-                _bulk(b"%d" % nkeys),
-                _bulk(fence.key if fence else b"janitor:no-lease"),
-                self.keys,
-                _bulk(memo) if write else b"",
-                _bulk(fence.token if fence else b""),
-                _bulk(b"1" if write else b"0"),
-                self.args,
-            ]
-        )
-        stale = self.memos.take()  # of answered pages: no retry can need them
+        self.memo = Keyspace.janitor_key("memo", uuid.uuid4().hex) if write else b""
+        keys = [fence.key if fence else b"janitor:no-lease"]
+        args = [
+            fence.token if fence else b"",
+            b"1" if write else b"0",
+            b"%d" % budget,
+            *sweep.templates,
+            b"%d" % len(self.walks),
+        ]
+        for walk in self.walks:
+            keys += (walk.judge.reg.key, walk.judge.started)
+            args += (walk.judge.reg.queue, walk.cursor, *walk.judge.spec)
+        if write:
+            keys.append(self.memo)
+        command = _resp([b"EVALSHA", _SHAS[write], b"%d" % len(keys), *keys, *args])
+        stale = sweep.memos.take()  # of answered pages: no retry can need them
         commands = [_resp([b"UNLINK", *stale])] if stale else []
-        receive = _Call(client, [*commands, command], _SOURCES[write]).receive
-        return lambda: self._answer(receive(), memo)
+        self.call = _Call(client, [*commands, command], _SOURCES[write])
+        sweep.last = self
+        return self.receive
 
-    def _answer(self, reply: object, memo: bytes) -> Decided:
-        if memo:
-            self.memos.stale.append(memo)
+    def settle(self) -> None:
+        """Read the answer (once) and move the sweep's cursors on; raises what the call raised."""
+        if self.settled:
+            if self.error is not None:
+                raise self.error
+            return
+        self.settled = True
+        try:
+            reply = cast("_Call", self.call).receive()
+        except Exception as err:
+            self.error = err
+            raise
         if reply in (scripts.FENCED_OUT, [scripts.FENCED_OUT]):
             msg = "the leader lease was lost before a page of deletes; nothing was written"
-            raise LeadershipLost(msg)
-        return self._decode(cast("list[bytes]", reply)[0])
+            self.error = LeadershipLost(msg)
+            raise self.error
+        cursors, found, slow = cast("list[list[Any]]", reply)
+        if self.memo:
+            self.sweep.memos.stale.append(self.memo)
+        self.answer = (found, slow)
+        unfinished: list[Walk] = []
+        for walk, cursor in zip(self.walks, cursors, strict=True):
+            if cursor == b"x":
+                self.broken.append(walk.judge)
+            elif cursor == b"-":
+                unfinished.append(walk)
+            elif cursor != b"0":
+                walk.cursor = cursor
+                unfinished.append(walk)
+        self.sweep.resume(unfinished)
 
-    def _decode(self, codes: bytes) -> Decided:
+    def receive(self) -> Decided:
+        """The audit events of what the script deleted, and the rest planned the ordinary way."""
+        self.settle()
+        found, slow = self.answer
+        now = self.sweep.ctx.now
         events: list[tuple[str, Mapping[str, object]]] = []
-        left: list[tuple[Judge, list[tuple[bytes, bytes]]]] = []
-        now, pos = self.ctx.now, 0
-        for group in self.groups:
-            judge = group[0].judge
-            reg, slow = judge.reg, []
-            for entry in group:
-                code = codes[pos]
-                if code == _KEEP:
-                    pos += 1
-                elif code == _PLAN:
-                    pos += 1
-                    slow.append((entry.job_id, entry.raw_score))
-                else:
-                    status = judge.statuses[code - _FIRST_STATE]
-                    ended_at = codes[pos + 1 : pos + 1 + _ENDED_AT_LEN]
-                    pos += 1 + _ENDED_AT_LEN
-                    fields = {
-                        "queue": reg.name,
-                        "job_id": to_text(entry.job_id),
-                        "status": status,
-                        "age_s": int(max(0.0, now - _rq_epoch(ended_at))),
-                        "rule": reg.retentions[status].age_rule,
-                    }
-                    events.append(("job_deleted", fields))
-            if slow:
-                left.append((judge, slow))
-        if pos != len(codes):
-            msg = f"EXPIRE_TERMINAL_JOBS answered {len(codes)} bytes for {self.count} entries"
-            raise RuntimeError(msg)
-        return Decided(events, self._rest(left))
+        for walk, text in zip(self.walks, found, strict=True):
+            judge, pos, end = walk.judge, 0, len(text)
+            name, statuses, rules = judge.reg.name, judge.statuses, judge.rules
+            while pos < end:
+                state = text[pos] - _FIRST_STATE
+                stamp_end = pos + 1 + _ENDED_AT_LEN
+                colon = text.index(b":", stamp_end)
+                id_end = colon + 1 + int(text[stamp_end:colon])
+                ended = _rq_epoch(text[pos + 1 : stamp_end])
+                fields = {
+                    "queue": name,
+                    "job_id": to_text(text[colon + 1 : id_end]),
+                    "status": statuses[state],
+                    "age_s": int(max(0.0, now - ended)),
+                    "rule": rules[state],
+                }
+                events.append(("job_deleted", fields))
+                pos = id_end
+        return Decided(events, self._rest(slow))
 
-    def _rest(
-        self, left: Sequence[tuple[Judge, Sequence[tuple[bytes, bytes]]]]
-    ) -> Iterator[Action | Skip]:
-        for judge, entries in left:
-            yield from self.plan_slow(self.ctx, judge.reg, judge.caps, entries)
+    def _rest(self, slow: Sequence[object]) -> Iterator[Action | Skip]:
+        sweep = self.sweep
+        left: dict[int, dict[bytes, bytes]] = {}
+        for i in range(0, len(slow), 3):
+            index, job_id, score = cast("tuple[int, bytes, bytes]", slow[i : i + 3])
+            left.setdefault(index - 1, {})[job_id] = score
+        for index, entries in left.items():
+            judge = self.walks[index].judge
+            yield from sweep.plan_slow(
+                sweep.ctx, judge.reg, judge.caps, list(entries.items())
+            )
+        for judge in self.broken:
+            yield from sweep.plan_registry(sweep.ctx, judge.reg)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import islice
 from typing import cast
 
 from janitor.actions import Action, DeleteJob, Skip
@@ -19,16 +18,7 @@ from janitor.jobs import (
 from janitor.keyspace import iter_queue_names, to_text
 from janitor.policy import Retention, retention_for
 from janitor.tasks.base import Decision, TaskContext
-from janitor.tasks.expire_fast import (
-    Candidate,
-    CapBoundary,
-    Cleanup,
-    Judge,
-    KeyShapes,
-    Memos,
-    Page,
-    scan_registry,
-)
+from janitor.tasks.expire_fast import CapBoundary, Cleanup, Judge, ScanPage, Sweep
 
 NAME = "expire_jobs"
 
@@ -38,9 +28,6 @@ REGISTRIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("canceled", ("canceled",)),
 )
 """Each terminal registry and the job statuses RQ keeps in it."""
-
-REGISTRIES_PER_READ = 64
-"""How many registries the fast path starts scanning in one pipeline (many small queues)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,36 +63,27 @@ class ExpireJobs:
             yield from self._plan_registry(ctx, reg)
 
     def decide(self, ctx: TaskContext) -> Iterator[Action | Skip | Decision]:
-        """Like ``plan``, but hand each page of entries to ``EXPIRE_TERMINAL_JOBS`` first.
+        """Like ``plan``, but hand the registries to ``EXPIRE_TERMINAL_JOBS`` page by page.
 
-        The script deletes the plain cases itself, judging them by the same rules in the
-        same atomic step; only what it leaves ('?') is read and planned here, the ordinary
-        way. Small registries (many per_job queues) start their scans in one pipeline,
-        and a page may hold entries of several registries.
+        The script scans them itself and deletes the plain cases, judging them by the
+        same rules in the same atomic step; only what it answers back is read and planned
+        here, the ordinary way. Empty registries are left out, and one page may cover
+        many small ones (per_job queues). Each page must be sent before the next one is
+        asked for: it starts where the answer of the one before left off.
         """
-        shapes, memos = KeyShapes.of(ctx.keys), Memos()
-        page: list[Candidate] = []
-        seen: set[tuple[bytes, bytes]] = set()  # ZSCAN may return an entry twice
-        size = ctx.pace.decision_size
-        registries = _registries(ctx)
-        while chunk := list(islice(registries, REGISTRIES_PER_READ)):
-            judges = [Judge.of(ctx, reg, _cap_boundaries(ctx, reg)) for reg in chunk]
-            pipe = ctx.client.pipeline(transaction=False)
-            for judge in judges:
-                pipe.zscan(judge.reg.key, 0, count=ctx.page_size, score_cast_func=bytes)
-            firsts = pipe.execute(raise_on_error=False)
-            for judge, first in zip(judges, firsts, strict=True):
-                for job_id, score in scan_registry(ctx, judge.reg.key, first):
-                    if (judge.reg.key, job_id) in seen:
-                        continue
-                    seen.add((judge.reg.key, job_id))
-                    page.append(Candidate(judge, job_id, score))
-                    if len(page) >= size:
-                        yield Page.of(ctx, shapes, page, self._plan_page, memos)
-                        page, seen, size = [], set(), ctx.pace.decision_size
-        if page:
-            yield Page.of(ctx, shapes, page, self._plan_page, memos)
-        yield Cleanup(memos)
+        sweep = Sweep(
+            ctx,
+            _registries(ctx),
+            lambda reg: Judge.of(ctx, reg, _cap_boundaries(ctx, reg)),
+            (self._plan_page, self._plan_registry),
+        )
+        while sweep.more():
+            page = ScanPage(sweep)
+            yield page
+            if not page.sent:
+                msg = "each page of the fast path must be sent before the next is made"
+                raise RuntimeError(msg)
+        yield Cleanup(sweep.memos)
 
     def _plan_registry(
         self, ctx: TaskContext, reg: _Registry
