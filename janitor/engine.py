@@ -13,7 +13,7 @@ from itertools import groupby
 import redis
 
 from janitor.actions import Action, Fence, Skip, Write
-from janitor.audit import AuditLog, get_logger
+from janitor.audit import AuditLog, EventRows, get_logger
 from janitor.config import Settings
 from janitor.errors import LeadershipLost
 from janitor.keyspace import Keyspace
@@ -287,7 +287,11 @@ class _Runner:
 
     def _audit_events(self, events: Sequence[tuple[str, Mapping[str, object]]]) -> None:
         self.audit.emit_many(events)
-        self.counts.update(event for event, _ in events)
+        if isinstance(events, EventRows):  # no dictionary per event just to count them
+            if events.rows:
+                self.counts[events.event] += len(events.rows)
+        else:
+            self.counts.update(event for event, _ in events)
 
 
 _RENEWER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="janitor-lease")

@@ -7,8 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from structlog.processors import JSONRenderer
 
-from janitor.audit import AuditLog
+from janitor.audit import AuditLog, EventRows
 
 
 def test_lines_carry_the_bound_context_first() -> None:
@@ -48,3 +51,69 @@ def test_file_is_appended_to(tmp_path: Path) -> None:
         "a",
         "b",
     ]
+
+
+values = st.one_of(
+    st.text(),
+    st.integers(),
+    st.booleans(),
+    st.none(),
+    st.floats(allow_nan=False),
+    st.lists(st.integers(), max_size=2),
+)
+names = st.sampled_from(
+    ["queue", "job_id", "status", "age_s", "rule", "%s", 'we"ird', "é", "task"]
+)
+
+
+def reference_line(
+    event: str, stamp: str, context: dict[str, object], fields: dict[str, object]
+) -> str:
+    """The line structlog's JSONRenderer writes for the event (what the fast paths copy)."""
+    line = {"event": event, "timestamp": stamp, **context, **fields}
+    line["event"], line["timestamp"] = event, stamp
+    return str(JSONRenderer()(None, "info", line)) + "\n"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(values, values, values), min_size=1, max_size=4),
+    st.lists(names, min_size=3, max_size=3, unique=True),
+    st.text(),
+)
+def test_rows_and_pairs_render_as_structlogs_renderer_does(
+    rows: list[tuple[object, object, object]], fields: list[str], run_id: str
+) -> None:
+    """EventRows and (event, fields) pairs render byte for byte as JSONRenderer would."""
+    context: dict[str, object] = {
+        "run_id": run_id,
+        "task": "expire_jobs",
+        "dry_run": False,
+    }
+    for batch in (
+        EventRows("job_deleted", tuple(fields), list(rows)),
+        [("job_deleted", dict(zip(fields, row, strict=True))) for row in rows],
+    ):
+        stream = io.StringIO()
+        log = AuditLog(stream)
+        with log.bound(**context):
+            log.emit_many(batch)
+        lines = stream.getvalue().splitlines(keepends=True)
+        stamp = json.loads(lines[0])["timestamp"]
+        assert lines == [
+            reference_line(
+                "job_deleted", stamp, context, dict(zip(fields, row, strict=True))
+            )
+            for row in rows
+        ]
+
+
+def test_event_rows_are_a_sequence_of_events() -> None:
+    """EventRows index, slice and iterate as (event, fields) pairs."""
+    rows = EventRows("job_deleted", ("queue", "age_s"), [("a", 1), ("b", 2)])
+    assert list(rows) == [
+        ("job_deleted", {"queue": "a", "age_s": 1}),
+        ("job_deleted", {"queue": "b", "age_s": 2}),
+    ]
+    assert list(rows[1:]) == [("job_deleted", {"queue": "b", "age_s": 2})]
+    assert len(rows) == 2

@@ -27,6 +27,7 @@ from redis.exceptions import NoScriptError
 
 from janitor import scripts
 from janitor.actions import Action, Fence, Skip
+from janitor.audit import EventRows
 from janitor.errors import LeadershipLost
 from janitor.keyspace import Keyspace, to_text
 from janitor.tasks.base import Decided, TaskContext
@@ -318,6 +319,8 @@ class Cleanup:
         return receive
 
 
+_DELETED_FIELDS = ("queue", "job_id", "status", "age_s", "rule")
+"""The fields of a ``job_deleted`` audit event, in the planner's order."""
 REGISTRIES_PER_CALL = 64
 """At most this many registries go into one script call (many small per_job queues)."""
 SIZES_PER_READ = 256
@@ -496,7 +499,7 @@ class ScanPage:
         self.settle()
         found, slow = self.answer
         now = self.sweep.ctx.now
-        events: list[tuple[str, Mapping[str, object]]] = []
+        rows: list[tuple[object, ...]] = []
         for walk, text in zip(self.walks, found, strict=True):
             judge, pos, end = walk.judge, 0, len(text)
             name, statuses, rules = judge.reg.name, judge.statuses, judge.rules
@@ -506,16 +509,19 @@ class ScanPage:
                 colon = text.index(b":", stamp_end)
                 id_end = colon + 1 + int(text[stamp_end:colon])
                 ended = _rq_epoch(text[pos + 1 : stamp_end])
-                fields = {
-                    "queue": name,
-                    "job_id": to_text(text[colon + 1 : id_end]),
-                    "status": statuses[state],
-                    "age_s": int(max(0.0, now - ended)),
-                    "rule": rules[state],
-                }
-                events.append(("job_deleted", fields))
+                rows.append(
+                    (
+                        name,
+                        to_text(text[colon + 1 : id_end]),
+                        statuses[state],
+                        int(max(0.0, now - ended)),
+                        rules[state],
+                    )
+                )
                 pos = id_end
-        return Decided(events, self._rest(slow))
+        return Decided(
+            EventRows("job_deleted", _DELETED_FIELDS, rows), self._rest(slow)
+        )
 
     def _rest(self, slow: Sequence[object]) -> Iterator[Action | Skip]:
         sweep = self.sweep
