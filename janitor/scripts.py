@@ -19,6 +19,8 @@ end
 
 MEMO_TTL_S = 120
 """How long a batch's replies are kept, so a retried call returns them instead of re-running."""
+WALK_TTL_S = 600
+"""How long the cursors of a janitor that stopped mid-run are kept (a finished run deletes them)."""
 
 
 def memoized(source: str) -> str:
@@ -166,15 +168,20 @@ EXPIRE_TERMINAL_JOBS = (
 -- cheaper than ZSCAN); its cursor is the rank to go on from and the last entry it kept,
 -- whose rank is looked up again, so entries that others add or remove meanwhile shift
 -- nothing. (Only if that entry left too, entries before the cursor that left may make
--- the walk pass over as many: the next run gets them.)
+-- the walk pass over as many: the next run gets them.) When it deletes, the script keeps
+-- each registry's cursor in a hash of the run's own ('done' when finished), so the
+-- janitor can send the next page before this one has answered: whichever runs first
+-- takes the next entries. A dry run writes nothing, and passes the cursors itself.
 -- ARGV: 1 token, 2 '1' to delete ('0' only judges: a dry run), 3 budget (entries to walk
 --   at most, overrun by at most one small registry), 4 to 13 head and tail of: job hash,
 --   dependents, dependencies, results, executions; 14 registry count, then per registry:
---   origin, cursor ('0' to start), status count, then per status: status, cutoff (RQ's
+--   origin, cursor ('0' to start; when deleting, the walk's hash overrides it), status
+--   count, then per status: status, cutoff (RQ's
 --   time format: an ended_at at or before it is past the age rule), young (at or after
 --   it, 5 us after the cutoff, it is not; in between only the planner's own float
 --   arithmetic can tell), capped ('1' when a keep_last cap applies to the status).
--- KEYS: 1 lease, then per registry: registry, started registry.
+-- KEYS: 1 lease, 2 the walk's hash (registry -> cursor; untouched in a dry run), then
+--   per registry: registry, started registry.
 -- Returns {cursors, found, slow}: per registry its next cursor ('0' done, '-' not reached
 --   within the budget, 'x' not a sorted set or its started registry is not one: plan it
 --   the ordinary way); per registry one string of what was deleted (in a dry run: would
@@ -184,7 +191,7 @@ EXPIRE_TERMINAL_JOBS = (
 local apply, budget = ARGV[2] == '1', tonumber(ARGV[3])
 local jh, jt, dh, dt, ph, pt = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local rh, rt, eh, et = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
-local nreg, a, judged = tonumber(ARGV[14]), 15, 0
+local nreg, a, judged, walk = tonumber(ARGV[14]), 15, 0, KEYS[2]
 local cursors, found, slow, ns = {}, {}, {}, 0
 -- A job's dependents and execution registry: whether both read, and their sizes.
 local function side(dependents, executions)
@@ -275,8 +282,9 @@ local function judge(r, registry, started, origin, states, members, items, out, 
   return n, kept, last
 end
 for r = 1, nreg do
-  local registry, started = KEYS[2 * r], KEYS[2 * r + 1]
+  local registry, started = KEYS[2 * r + 1], KEYS[2 * r + 2]
   local origin, cursor, nstates = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  if apply then cursor = redis.call('HGET', walk, registry) or cursor end
   local states = {}
   a = a + 3
   for s = 1, nstates do
@@ -284,10 +292,13 @@ for r = 1, nreg do
     a = a + 4
   end
   found[r] = ''
-  if judged >= budget then
+  if cursor == 'done' then
+    cursors[r] = '0'
+  elseif judged >= budget then
     cursors[r] = '-'
   elseif not (writable(registry, 'zset') and writable(started, 'zset')) then
     cursors[r] = 'x'
+    if apply then redis.call('HSET', walk, registry, 'done') end
   else
     -- A started registry holds the running jobs: usually few, read once into a table.
     local members
@@ -314,8 +325,12 @@ for r = 1, nreg do
     until done or judged >= budget
     cursors[r] = done and '0' or (start .. ' ' .. (anchor or ''))
     found[r] = table.concat(out)
+    if apply then redis.call('HSET', walk, registry, done and 'done' or cursors[r]) end
   end
 end
+if apply then redis.call('EXPIRE', walk, """
+    + str(WALK_TTL_S)
+    + """) end
 return {cursors, found, slow}
 """
 )

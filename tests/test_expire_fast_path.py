@@ -13,6 +13,7 @@ import datetime as dt
 import io
 import json
 import random
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, cast
@@ -404,6 +405,43 @@ def test_big_pages_delete_everything_completely(r: redis.Redis) -> None:
         assert list(decided.rest) == []
     assert deleted == 1400
     assert sorted(cast("list[bytes]", r.keys())) == [KEYS.queues()]
+
+
+def test_pages_sent_back_to_back_take_each_job_once(r: redis.Redis) -> None:
+    """Pages sent before the ones before have answered still delete each job exactly once."""
+    young = {**PLAIN, "ended": "young"}
+    jobs = [PLAIN] * 150 + [young] * 40 + [PLAIN] * 150
+    fill(
+        r,
+        [{**job, "queue": queue} for queue in ("alpha", "beta") for job in jobs],
+        broken_started=False,
+    )
+    r.script_load(scripts.memoized(scripts.EXPIRE_TERMINAL_JOBS))  # no NOSCRIPT retries
+    ctx = context(r, Pace(maximum=100))  # pages of 50 entries
+    pages = iter(ExpireJobs().decide(ctx))
+    receivers = []
+    for page in pages:
+        assert not isinstance(page, (Action, Skip))
+        receivers.append(page.send(r, None, dry_run=False))  # none answered yet
+        if len(receivers) == 6:
+            break
+    deadline = time.monotonic() + 5
+    while not (walks := list(r.scan_iter(match=b"janitor:walk:*"))):
+        assert time.monotonic() < deadline, "no page ran"
+        time.sleep(0.01)
+    assert len(walks) == 1
+    assert 0 < cast("int", r.ttl(walks[0])) <= scripts.WALK_TTL_S
+    deleted = [
+        fields["job_id"] for receive in receivers for _, fields in receive().events
+    ]
+    for page in pages:  # the rest, answered one by one
+        assert not isinstance(page, (Action, Skip))
+        deleted += [f["job_id"] for _, f in page.send(r, None, dry_run=False)().events]
+    assert len(deleted) == len(set(deleted)) == 600
+    assert r.zcard(KEYS.finished("alpha")) == r.zcard(KEYS.finished("beta")) == 40
+    assert (
+        list(r.scan_iter(match=b"janitor:*")) == []
+    )  # the walk and the memos are gone
 
 
 def test_a_page_with_a_stale_lease_token_writes_nothing(r: redis.Redis) -> None:

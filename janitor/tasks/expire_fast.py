@@ -30,7 +30,7 @@ from janitor.actions import Action, Fence, Skip
 from janitor.audit import EventRows
 from janitor.errors import LeadershipLost
 from janitor.keyspace import Keyspace, to_text
-from janitor.tasks.base import Decided, TaskContext
+from janitor.tasks.base import DECISIONS_IN_FLIGHT, Decided, TaskContext
 
 CapBoundary = tuple[float, bytes]
 """The (score, member) of the newest entry *beyond* a keep_last cap is at or below this."""
@@ -285,6 +285,8 @@ class Memos:
     """
 
     stale: list[bytes] = field(default_factory=list)
+    walk: bytes = b""
+    """The hash of the run's cursors, which ``Cleanup`` deletes too."""
 
     def take(self) -> list[bytes]:
         """The memo keys to delete now (and forget)."""
@@ -294,7 +296,7 @@ class Memos:
 
 @dataclass
 class Cleanup:
-    """The plan's last decision: it judges nothing and deletes the memo keys left over."""
+    """The plan's last decision: it judges nothing and deletes the run's keys left over."""
 
     memos: Memos
 
@@ -312,8 +314,11 @@ class Cleanup:
         """Return what deletes them once every page before has been answered."""
 
         def receive() -> Decided:
-            if stale := self.memos.take():
-                client.unlink(*stale)
+            left = self.memos.take()
+            if self.memos.walk:
+                left.append(self.memos.walk)
+            if left:
+                client.unlink(*left)
             return Decided((), ())
 
         return receive
@@ -327,7 +332,7 @@ SIZES_PER_READ = 256
 """How many registries' sizes one pipeline reads: empty ones never go into a script."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Walk:
     """A registry the script is walking: its judge, its cursor, and its size."""
 
@@ -338,12 +343,15 @@ class Walk:
 
 
 class Sweep:
-    """The registries of one fast-path run, and where each one's scan stands.
+    """The registries of one fast-path run, and where each one's walk stands.
 
-    The script walks each registry itself, so a page needs the cursors of the
-    page before: ``ScanPage.send`` first reads that page's answer (kept for the engine,
-    which audits it afterwards), then sends its own call, so that Redis runs the next
-    page while the janitor audits the previous one.
+    The script walks each registry itself. When it deletes, it keeps the cursors in a
+    hash of the run's own, so pages go out back to back, each over the front of the
+    registries not yet known to be finished, and whichever runs first takes the next
+    entries. A dry run writes nothing, so there each page carries the cursors the
+    answer of the page before gave: ``ScanPage.send`` reads that answer first (kept for
+    the engine, which audits it afterwards). Either way Redis runs one page while the
+    janitor audits the one before.
     """
 
     def __init__(
@@ -356,16 +364,20 @@ class Sweep:
         """Walk ``registries``; ``planners`` plan entries and whole registries the ordinary way."""
         self.ctx, self.registries, self.judge_of = ctx, registries, judge_of
         self.plan_slow, self.plan_registry = planners
+        self.chained = ctx.dry_run
         self.memos = Memos()
+        if not self.chained:
+            self.memos.walk = Keyspace.janitor_key("walk", uuid.uuid4().hex)
         self.walks: deque[Walk] = deque()
+        """Registries not yet known to be finished, in order."""
         self.exhausted = False
         self.last: ScanPage | None = None
-        """The latest page sent: its answer holds the cursors the next page starts from."""
+        """The latest page sent: in a dry run, its answer holds the next page's cursors."""
         self.templates = KeyShapes.of(ctx.keys).args
 
     def more(self) -> bool:
         """Whether another page may find work (an answer still unread may leave some)."""
-        if self.last is not None and not self.last.settled:
+        if self.chained and self.last is not None and not self.last.settled:
             return True
         self._refill()
         return bool(self.walks)
@@ -389,21 +401,35 @@ class Sweep:
                     self.walks.append(Walk(self.judge_of(reg), b"0", int(size)))
 
     def take(self, budget: int) -> list[Walk]:
-        """The registries of the next call: enough, by their sizes, for ``budget`` entries."""
-        if self.last is not None:
+        """The registries of the next call: enough, by their sizes, for its ``budget``.
+
+        Back to back, the page before may not have answered yet: enough then for it too.
+        """
+        if self.chained and self.last is not None:
             self.last.settle()
         self._refill()
+        wanted = budget if self.chained else DECISIONS_IN_FLIGHT * budget
         taken: list[Walk] = []
         total = 0
-        while self.walks and total < budget and len(taken) < REGISTRIES_PER_CALL:
-            walk = self.walks.popleft()
+        for walk in self.walks:
+            if total >= wanted or len(taken) >= REGISTRIES_PER_CALL:
+                break
             taken.append(walk)
             total += walk.size
         return taken
 
-    def resume(self, walks: Sequence[Walk]) -> None:
-        """Put registries a call did not finish back at the front, in their order."""
-        self.walks.extendleft(reversed(walks))
+    def answered(self, walks: Sequence[Walk], cursors: Sequence[bytes]) -> list[Judge]:
+        """Take in a page's cursors: finished registries leave; the broken ones are returned."""
+        broken: list[Judge] = []
+        for walk, cursor in zip(walks, cursors, strict=True):
+            if cursor in (b"0", b"x"):
+                if walk in self.walks:  # a page after it may have finished it first
+                    self.walks.remove(walk)
+                if cursor == b"x":
+                    broken.append(walk.judge)
+            elif cursor != b"-":
+                walk.cursor = cursor
+        return broken
 
 
 def _no_decision() -> Decided:
@@ -435,15 +461,21 @@ class ScanPage:
         """Send the script call (judge only when ``dry_run``); return its reader."""
         self.sent = True
         sweep = self.sweep
+        if dry_run and not sweep.chained:
+            msg = "a dry run's pages must come from a dry run's context (ctx.dry_run)"
+            raise ValueError(msg)
         budget = sweep.ctx.pace.decision_size
-        self.walks = sweep.take(budget)  # reads the previous page's answer first
+        self.walks = sweep.take(budget)  # in a dry run, reads the previous answer first
         if not self.walks:
             self.settled = True
             return _no_decision
         self.budget = budget
         write = not dry_run
         self.memo = Keyspace.janitor_key("memo", uuid.uuid4().hex) if write else b""
-        keys = [fence.key if fence else b"janitor:no-lease"]
+        keys = [
+            fence.key if fence else b"janitor:no-lease",
+            sweep.memos.walk or b"janitor:no-walk",
+        ]
         args = [
             fence.token if fence else b"",
             b"1" if write else b"0",
@@ -483,16 +515,7 @@ class ScanPage:
         if self.memo:
             self.sweep.memos.stale.append(self.memo)
         self.answer = (found, slow)
-        unfinished: list[Walk] = []
-        for walk, cursor in zip(self.walks, cursors, strict=True):
-            if cursor == b"x":
-                self.broken.append(walk.judge)
-            elif cursor == b"-":
-                unfinished.append(walk)
-            elif cursor != b"0":
-                walk.cursor = cursor
-                unfinished.append(walk)
-        self.sweep.resume(unfinished)
+        self.broken = self.sweep.answered(self.walks, cursors)
 
     def receive(self) -> Decided:
         """The audit events of what the script deleted, and the rest planned the ordinary way."""
