@@ -181,7 +181,8 @@ EXPIRE_TERMINAL_JOBS = (
 --   it, 5 us after the cutoff, it is not; in between only the planner's own float
 --   arithmetic can tell), capped ('1' when a keep_last cap applies to the status).
 -- KEYS: 1 lease, 2 the walk's hash (registry -> cursor; untouched in a dry run), then
---   per registry: registry, started registry.
+--   per registry: registry, started registry; then the memo keys of answered pages, which
+--   no retry can need any more: deleted here, instead of in a command of their own.
 -- Returns {cursors, found, slow}: per registry its next cursor ('0' done, '-' not reached
 --   within the budget, 'x' not a sorted set or its started registry is not one: plan it
 --   the ordinary way); per registry one string of what was deleted (in a dry run: would
@@ -192,6 +193,7 @@ local apply, budget = ARGV[2] == '1', tonumber(ARGV[3])
 local jh, jt, dh, dt, ph, pt = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local rh, rt, eh, et = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
 local nreg, a, judged, walk = tonumber(ARGV[14]), 15, 0, KEYS[2]
+if apply and #KEYS > 2 + 2 * nreg then redis.call('UNLINK', unpack(KEYS, 3 + 2 * nreg, #KEYS)) end
 local cursors, found, slow, ns = {}, {}, {}, 0
 -- A job's dependents and execution registry: whether both read, and their sizes.
 local function side(dependents, executions)

@@ -23,11 +23,12 @@ DECISIONS_IN_FLIGHT = 2
 janitor audits the one before. Each page holds at most ``MAX_BATCH`` divided by this, so
 at most ``MAX_BATCH`` jobs are ever deleted without their audit lines yet written."""
 
-TARGET_CALL_S = 0.005
+TARGET_CALL_S = 0.002
 """How long one script call should take Redis, as the janitor measures it.
 
 Redis runs a script atomically, so every other client waits while it runs: the batch size
-adapts to keep each call near this, whatever the server's speed."""
+adapts to keep each call near this, whatever the server's speed. Decision pages go out
+back to back, so another client's command may wait behind two of them."""
 
 
 @dataclass

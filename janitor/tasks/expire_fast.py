@@ -287,6 +287,13 @@ class Memos:
     stale: list[bytes] = field(default_factory=list)
     walk: bytes = b""
     """The hash of the run's cursors, which ``Cleanup`` deletes too."""
+    run: str = field(default_factory=lambda: uuid.uuid4().hex)
+    made: int = 0
+
+    def next_key(self) -> bytes:
+        """A memo key no other call uses: the run's own, numbered."""
+        self.made += 1
+        return Keyspace.janitor_key("memo", self.run, str(self.made))
 
     def take(self) -> list[bytes]:
         """The memo keys to delete now (and forget)."""
@@ -367,7 +374,7 @@ class Sweep:
         self.chained = ctx.dry_run
         self.memos = Memos()
         if not self.chained:
-            self.memos.walk = Keyspace.janitor_key("walk", uuid.uuid4().hex)
+            self.memos.walk = Keyspace.janitor_key("walk", self.memos.run)
         self.walks: deque[Walk] = deque()
         """Registries not yet known to be finished, in order."""
         self.exhausted = False
@@ -471,7 +478,7 @@ class ScanPage:
             return _no_decision
         self.budget = budget
         write = not dry_run
-        self.memo = Keyspace.janitor_key("memo", uuid.uuid4().hex) if write else b""
+        self.memo = sweep.memos.next_key() if write else b""
         keys = [
             fence.key if fence else b"janitor:no-lease",
             sweep.memos.walk or b"janitor:no-walk",
@@ -486,12 +493,10 @@ class ScanPage:
         for walk in self.walks:
             keys += (walk.judge.reg.key, walk.judge.started)
             args += (walk.judge.reg.queue, walk.cursor, *walk.judge.spec)
-        if write:
-            keys.append(self.memo)
+        if write:  # the script deletes the memos of answered pages: no retry needs them
+            keys += (*sweep.memos.take(), self.memo)
         command = _resp([b"EVALSHA", _SHAS[write], b"%d" % len(keys), *keys, *args])
-        stale = sweep.memos.take()  # of answered pages: no retry can need them
-        commands = [_resp([b"UNLINK", *stale])] if stale else []
-        self.call = _Call(client, [*commands, command], _SOURCES[write])
+        self.call = _Call(client, [command], _SOURCES[write])
         sweep.last = self
         return self.receive
 
