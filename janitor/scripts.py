@@ -184,15 +184,15 @@ EXPIRE_TERMINAL_JOBS = (
 --   per registry: registry, started registry; then the memo keys of answered pages, which
 --   no retry can need any more: deleted here, instead of in a command of their own.
 -- Returns {cursors, found, slow}: per registry its next cursor ('0' done, '-' not reached
---   within the budget, 'x' not a sorted set or its started registry is not one: plan it
---   the ordinary way); per registry one string of what was deleted (in a dry run: would
+--   within the budget, 'x' not a sorted set, then nothing after it is walked either, or
+--   its started registry is not one: plan it the ordinary way); per registry one string of what was deleted (in a dry run: would
 --   be), per job a letter for its status ('a' = the registry's first), its 27-character
 --   ended_at, the id's length, ':' and the id; slow: registry index, id and score of
 --   each entry to plan the ordinary way.
 local apply, budget = ARGV[2] == '1', tonumber(ARGV[3])
 local jh, jt, dh, dt, ph, pt = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local rh, rt, eh, et = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
-local nreg, a, judged, walk = tonumber(ARGV[14]), 15, 0, KEYS[2]
+local nreg, a, judged, walk, stopped = tonumber(ARGV[14]), 15, 0, KEYS[2], false
 if apply and #KEYS > 2 + 2 * nreg then redis.call('UNLINK', unpack(KEYS, 3 + 2 * nreg, #KEYS)) end
 local cursors, found, slow, ns = {}, {}, {}, 0
 -- A job's dependents and execution registry: whether both read, and their sizes.
@@ -296,9 +296,12 @@ for r = 1, nreg do
   found[r] = ''
   if cursor == 'done' then
     cursors[r] = '0'
-  elseif judged >= budget then
+  elseif judged >= budget or stopped then
     cursors[r] = '-'
-  elseif not (writable(registry, 'zset') and writable(started, 'zset')) then
+  elseif not writable(registry, 'zset') then
+    -- the ordinary plan fails the task here, before the registries after it: so does this
+    cursors[r], stopped = 'x', true
+  elseif not writable(started, 'zset') then
     cursors[r] = 'x'
     if apply then redis.call('HSET', walk, registry, 'done') end
   else

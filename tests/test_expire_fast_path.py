@@ -9,6 +9,7 @@ events, the skips and the final database byte for byte.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import json
@@ -33,7 +34,7 @@ from janitor.config import RetentionSettings, Settings
 from janitor.engine import BATCH_SIZE, run_once
 from janitor.errors import LeadershipLost
 from janitor.jobs import FieldError, parse_rq_time
-from janitor.keyspace import Keyspace
+from janitor.keyspace import Keyspace, to_text
 from janitor.policy import QueueFilter
 from janitor.tasks import TASKS
 from janitor.tasks.base import DECISIONS_IN_FLIGHT, Pace, TaskContext
@@ -211,7 +212,7 @@ def reference_path() -> Iterator[None]:
 
 
 def outcome(
-    client: redis.Redis, config: Settings, *, dry_run: bool
+    client: redis.Redis, config: Settings, *, dry_run: bool, fails: bool = False
 ) -> tuple[list[str], list[str], dict[bytes, tuple[str, object, bool]]]:
     """Run expire_jobs; return its audit lines and skips (both sorted, without times) and the database."""
     stream = io.StringIO()
@@ -224,7 +225,7 @@ def outcome(
             only=["expire_jobs"],
             now=lambda: NOW,
         )
-    assert report.failed_tasks == ()
+    assert report.failed_tasks == (("expire_jobs",) if fails else ())
     events = []
     for line in stream.getvalue().splitlines():
         event = json.loads(line)
@@ -291,6 +292,32 @@ def test_fast_path_ends_where_the_reference_plan_ends(
         expected = outcome(r, config, dry_run=dry_run)
     restore(r, start)
     assert outcome(r, config, dry_run=dry_run) == expected
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_registry_of_the_wrong_type_fails_the_task_there(
+    r: redis.Redis, dry_run: bool
+) -> None:
+    """A registry that is not a sorted set fails the task, as in the reference plan.
+
+    The garbage stays, and every job deleted before the task stopped is audited.
+    """
+    fill(r, [PLAIN, {**PLAIN, "queue": "gamma"}], broken_started=False)
+    r.set(KEYS.failed("beta"), b"garbage")
+    for path in (reference_path, contextlib.nullcontext):
+        start = snapshot(r)
+        with path():
+            events, _, _ = outcome(r, Settings(), dry_run=dry_run, fails=True)
+        lines = [json.loads(e) for e in events]
+        failures = [e["error"] for e in lines if e["event"] == "task_failed"]
+        assert len(failures) == 1
+        assert failures[0].startswith("ResponseError: WRONGTYPE")
+        assert r.get(KEYS.failed("beta")) == b"garbage"
+        audited = {e["job_id"] for e in lines if e["event"] == "job_deleted"}
+        ids = (b"job:\xff-0", b"job-1")
+        gone = {to_text(job_id) for job_id in ids if not r.exists(KEYS.job(job_id))}
+        assert gone == (set() if dry_run else audited)
+        restore(r, start)
 
 
 VARIATIONS = {
