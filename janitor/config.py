@@ -192,6 +192,15 @@ class DaemonSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitsSettings:
+    """``[limits]``: how hard a run may work Redis, beyond the per-call time bound."""
+
+    max_ops_per_s: int | None = None
+    """At most this many jobs (or other items) per second that a task's scripts judge or
+    write, averaged over the task; unset, the only bound is each call's time."""
+
+
+@dataclass(frozen=True, slots=True)
 class ActiniaSettings:
     """``[actinia]``: the actinia INI file to take connection and queue settings from."""
 
@@ -212,6 +221,7 @@ class Settings:
     audit: AuditSettings = field(default_factory=AuditSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
     actinia: ActiniaSettings = field(default_factory=ActiniaSettings)
     log_format: str = "auto"
     sources: Mapping[str, str] = field(default_factory=dict)
@@ -238,6 +248,7 @@ _SECTIONS = (
     "audit",
     "http",
     "daemon",
+    "limits",
     "actinia",
 )
 
@@ -299,6 +310,7 @@ _SCHEMA: Schema = {
     "audit": {"path": string},
     "http": {"listen": listen_address},
     "daemon": {"lease_key": string, "lease_ttl": _lease_ttl},
+    "limits": {"max_ops_per_s": positive_int},
     "actinia": {"config": string},
 }
 
@@ -400,6 +412,7 @@ def _build(merged: Layer) -> Settings:
         audit=AuditSettings(**parts["audit"]),
         http=HttpSettings(**parts["http"]),
         daemon=DaemonSettings(**parts["daemon"]),
+        limits=LimitsSettings(**parts["limits"]),
         actinia=ActiniaSettings(**parts["actinia"]),
         log_format=parts[""]["log_format"],
         config_path=parts[""]["config_path"],

@@ -21,6 +21,7 @@ _SECTIONS = (
     "audit",
     "http",
     "daemon",
+    "limits",
     "actinia",
 )
 _DURATIONS = frozenset(

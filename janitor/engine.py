@@ -26,8 +26,9 @@ from janitor.tasks.base import (
     Decided,
     DecidingTask,
     Decision,
-    Pace,
     Task,
+    Throttle,
+    pace_for,
 )
 
 BATCH_SIZE = MAX_BATCH
@@ -101,7 +102,7 @@ def run_once(  # noqa: PLR0913 - every flag is keyword-only and named for what i
         now=now(),
         allows_queue=QueueFilter.build(settings.rq, queues),
         dry_run=dry_run,
-        pace=Pace(),
+        pace=pace_for(settings.limits.max_ops_per_s),
     )
     for name in selected:
         with audit.bound(run_id=run_id, task=name, dry_run=dry_run):
@@ -181,6 +182,7 @@ class _Runner:
         self.now = now
         self.pace = context.pace
         self.pace.restart()
+        self.throttle = Throttle(context.settings.limits.max_ops_per_s)
         self.counts: Counter[str] = Counter()
         self.skipped = 0
         self.pending: list[Action] = []
@@ -223,6 +225,8 @@ class _Runner:
             renewal, self.renewal = self.renewal, None
             renewal.result()
         batch, self.pending = self.pending, []
+        self.throttle.wait()
+        self.throttle.count(len(batch))
         if self.dry_run:
             done = [a for a in batch if a.event is not None]
         else:
@@ -237,7 +241,9 @@ class _Runner:
         if self.pending:
             self._flush()
         fence = self._fence()
+        self.throttle.wait()
         receive = decision.send(self.context.client, fence, dry_run=self.dry_run)
+        self.throttle.count(len(decision))
         self.inflight.append((len(decision), time.perf_counter(), receive))
 
     def _fence(self) -> Fence | None:

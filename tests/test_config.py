@@ -259,6 +259,10 @@ class TestWrongValues:
                 "[daemon] lease_key: expected a non-empty string",
             ),
             (
+                "[limits]\nmax_ops_per_s = 0\n",
+                "[limits] max_ops_per_s: expected a positive integer",
+            ),
+            (
                 '[redis]\nurl = "http://x"\n',
                 "[redis] url: expected a redis://, rediss:// or unix:// URL, got 'http://x'",
             ),
@@ -465,6 +469,7 @@ class TestPrecedence:
             "http.listen",
             "daemon.lease_key",
             "daemon.lease_ttl",
+            "limits.max_ops_per_s",
             "actinia.config",
             "log_format",
             "config_path",
@@ -675,6 +680,7 @@ class TestRender:
             "audit",
             "http",
             "daemon",
+            "limits",
             "actinia",
         ):
             assert f"\n[{section}]\n" in text
@@ -732,6 +738,7 @@ class TestExampleFiles:
             "audit",
             "http",
             "daemon",
+            "limits",
             "actinia",
             "log_format",
         ):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -64,6 +65,43 @@ class Pace:
             return
         fit = int(self.target_s * items / elapsed_s)
         self.size = max(self.minimum, min(self.maximum, fit, 2 * self.size))
+
+
+@dataclass
+class Throttle:
+    """Keeps a task's items per second at or below ``[limits] max_ops_per_s``, if set.
+
+    Before each script call the engine waits until the items already sent fit the
+    limit since the task began; the clock and the sleep are passed in.
+    """
+
+    per_s: int | None
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    started: float | None = None
+    sent: int = 0
+
+    def wait(self) -> None:
+        """Sleep until the next call keeps the average within the limit."""
+        if not self.per_s:
+            return
+        now = self.clock()
+        if self.started is None:
+            self.started = now
+        due = self.started + self.sent / self.per_s
+        if due > now:
+            self.sleep(due - now)
+
+    def count(self, items: int) -> None:
+        """Add the items a call just took."""
+        self.sent += items
+
+
+def pace_for(max_ops_per_s: int | None) -> Pace:
+    """The batch sizes for a limit: calls of at most a tenth of a second's worth each."""
+    if not max_ops_per_s:
+        return Pace()
+    return Pace(maximum=max(2 * Pace.minimum, min(MAX_BATCH, max_ops_per_s // 10)))
 
 
 @dataclass(frozen=True, slots=True)
