@@ -209,7 +209,7 @@ local function judge(r, registry, started, origin, states, members, items, out, 
   -- none of this page's jobs has one, one EXISTS answers for all of them.
   local plain = false
   local sides = {}
-  for i = 1, #items, 2 do
+  for i = 1, #items do
     local id = items[i]
     sides[#sides + 1] = dh .. id .. dt
     sides[#sides + 1] = ph .. id .. pt
@@ -220,8 +220,8 @@ local function judge(r, registry, started, origin, states, members, items, out, 
     plain = i + 1000 > #sides
   end
   local ids, ni, doomed, nd, kept, last = {}, 0, {}, 0, 0, nil
-  for i = 1, #items, 2 do
-    local id, score = items[i], items[i + 1]
+  for i = 1, #items do
+    local id = items[i]
     local job = jh .. id .. jt
     local code = '?'
     local h = redis.pcall('HMGET', job, 'status', 'origin', 'ended_at', 'group_id')
@@ -266,7 +266,9 @@ local function judge(r, registry, started, origin, states, members, items, out, 
       end
     end
     if code == '?' then
-      slow[ns + 1], slow[ns + 2], slow[ns + 3] = r, id, score
+      -- the score only for these (rare): the ordinary plan needs it, and a reply of
+      -- scores for every entry would cost more than this
+      slow[ns + 1], slow[ns + 2], slow[ns + 3] = r, id, redis.call('ZSCORE', registry, id)
       ns = ns + 3
     end
     if code ~= '+' or not apply then
@@ -320,8 +322,8 @@ for r = 1, nreg do
     end
     repeat
       local want = math.max(1, budget - judged)
-      local items = redis.call('ZRANGE', registry, start, start + want - 1, 'WITHSCORES')
-      local got = #items / 2
+      local items = redis.call('ZRANGE', registry, start, start + want - 1)
+      local got = #items
       local kept, last
       judged = judged + got
       n, kept, last = judge(r, registry, started, origin, states, members, items, out, n)

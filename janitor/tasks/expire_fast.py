@@ -113,30 +113,32 @@ def cutoffs(now: float, max_age_s: int) -> tuple[bytes, bytes]:
 
 
 _EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
-_days_since_epoch: dict[bytes, int] = {}
-_MAX_DAYS_CACHED = 100_000
+_minutes_since_epoch: dict[bytes, int] = {}
+_MAX_MINUTES_CACHED = 4096
+"""Registries are walked in score order, which follows the end time, so neighbours
+mostly share their minute: a small cache of minutes saves most of the parsing."""
 
 
 def _rq_epoch(ended_at: bytes) -> float:
     """Epoch seconds of an ended_at the script validated: exactly ``parse_rq_time``'s value.
 
     ``datetime.timestamp()`` of an aware datetime divides its whole microseconds by a
-    million; so does this, with the days of each date looked up once.
+    million; so does this, with the seconds up to each minute looked up once.
     """
-    day = ended_at[:10]
-    days = _days_since_epoch.get(day)
-    if days is None:
-        if len(_days_since_epoch) > _MAX_DAYS_CACHED:
-            _days_since_epoch.clear()
-        date = dt.date(int(day[:4]), int(day[5:7]), int(day[8:10]))
-        days = _days_since_epoch[day] = date.toordinal() - _EPOCH_ORDINAL
-    seconds = (
-        days * 86_400
-        + int(ended_at[11:13]) * 3600
-        + int(ended_at[14:16]) * 60
-        + int(ended_at[17:19])
-    )
-    return (seconds * 1_000_000 + int(ended_at[20:26])) / 1_000_000
+    minute = ended_at[:16]
+    seconds = _minutes_since_epoch.get(minute)
+    if seconds is None:
+        if len(_minutes_since_epoch) >= _MAX_MINUTES_CACHED:
+            _minutes_since_epoch.clear()
+        date = dt.date(int(minute[:4]), int(minute[5:7]), int(minute[8:10]))
+        seconds = _minutes_since_epoch[minute] = (
+            (date.toordinal() - _EPOCH_ORDINAL) * 86_400
+            + int(minute[11:13]) * 3600
+            + int(minute[14:16]) * 60
+        )
+    return (
+        (seconds + int(ended_at[17:19])) * 1_000_000 + int(ended_at[20:26])
+    ) / 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
