@@ -6,10 +6,10 @@ import datetime as dt
 import json
 import logging
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO, cast, overload
+from typing import Any, TextIO, cast, overload
 
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
@@ -41,6 +41,8 @@ def _contract_order(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDi
 _encode = json.encoder.encode_basestring_ascii
 """What ``json.dumps`` (ensure_ascii, as structlog's renderer uses it) does to a string."""
 _CONSTANTS = {True: "true", False: "false", None: "null"}
+_PLAIN_RENDERERS: dict[type, Callable[[Any], str]] = {str: _encode, int: int.__repr__}
+"""How a value of exactly this type renders in JSON (bool is not int here)."""
 _FIELD_NAMES: dict[str, str] = {}
 """Each field name as it renders before its value (``', "queue": '``): they repeat."""
 _MAX_FIELD_NAMES = 1000
@@ -205,21 +207,16 @@ class AuditLog:
             template += (", " + _encode(name) + ": ").replace("%", "%%") + "%s"
         template += "}\n"
         lines: list[str] = []
-        encode = _encode
+        render = _PLAIN_RENDERERS
         for row in events.rows:
-            values: list[str] = []
-            for value in row:
-                kind = type(value)
-                if kind is str:
-                    values.append(encode(cast("str", value)))
-                elif kind is int:
-                    values.append(int.__repr__(cast("int", value)))
-                else:  # anything else renders as the generic path renders it
-                    line = self._line(event, dict(zip(names, row, strict=True)), stamp)
-                    lines.append(line)
-                    break
+            try:
+                values = tuple([render[type(value)](value) for value in row])
+            except KeyError:  # not a plain str or int: as the generic path renders it
+                lines.append(
+                    self._line(event, dict(zip(names, row, strict=True)), stamp)
+                )
             else:
-                lines.append(template % tuple(values))
+                lines.append(template % values)
         return lines
 
     def _write(self, lines: list[str]) -> None:
