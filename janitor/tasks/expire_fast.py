@@ -23,6 +23,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any, cast
 
 import redis
+from redis.connection import Connection
 from redis.exceptions import NoScriptError
 
 from janitor import scripts
@@ -213,12 +214,18 @@ class _Call:
     """
 
     def __init__(
-        self, client: redis.Redis, commands: Sequence[bytes], script: str | None
+        self,
+        client: redis.Redis,
+        commands: Sequence[bytes],
+        script: str | None,
+        conn: Connection | None = None,
     ) -> None:
         self.client, self.script = client, script
         self.command, self.replies = b"".join(commands), len(commands)
         """All commands go in one buffer; the reply of the last one is the answer."""
-        self.conn = client.connection_pool.get_connection()
+        self.pooled = conn is None
+        """Whether the connection comes from the pool for this call (else its owner's)."""
+        self.conn = client.connection_pool.get_connection() if conn is None else conn
         self.failed: Exception | None = None
         self.sent: Future[Exception | None] | None = None
         if len(self.command) > _SEND_IN_BACKGROUND:
@@ -256,7 +263,7 @@ class _Call:
         self.conn.disconnect()  # type: ignore[no-untyped-call]  # as above
 
     def receive(self) -> object:
-        """The reply (after retries, as redis-py would); the connection goes back to its pool."""
+        """The reply (after retries, as redis-py would); a pooled connection goes back."""
         try:
             if self.sent is not None:
                 self.failed = self.sent.result()
@@ -264,7 +271,8 @@ class _Call:
                 return self.conn.retry.call_with_retry(self._again, self._fail)
             return self._read()
         finally:
-            self.client.connection_pool.release(self.conn)
+            if self.pooled:
+                self.client.connection_pool.release(self.conn)
 
     def _read(self) -> object:
         try:
@@ -308,6 +316,8 @@ class Cleanup:
     """The plan's last decision: it judges nothing and deletes the run's keys left over."""
 
     memos: Memos
+    release: Callable[[], None] = lambda: None
+    """Gives the pages' connections back to the pool (every answer has been read)."""
 
     def __len__(self) -> int:
         """Nothing to judge."""
@@ -323,6 +333,7 @@ class Cleanup:
         """Return what deletes them once every page before has been answered."""
 
         def receive() -> Decided:
+            self.release()
             left = self.memos.take()
             if self.memos.walk:
                 left.append(self.memos.walk)
@@ -383,6 +394,30 @@ class Sweep:
         self.last: ScanPage | None = None
         """The latest page sent: in a dry run, its answer holds the next page's cursors."""
         self.templates = KeyShapes.of(ctx.keys).args
+        self.conns: list[Connection] = []
+        """The pages' own connections, one per page in flight: taking one from the pool
+        for every page costs two system calls (redis-py checks it for unread data)."""
+        self.sent = 0
+        self.last_on: dict[int, ScanPage] = {}
+
+    def connection(self, page: ScanPage) -> Connection:
+        """The connection for ``page``: the one whose page before was answered first."""
+        index = self.sent % DECISIONS_IN_FLIGHT
+        self.sent += 1
+        if index == len(self.conns):
+            self.conns.append(self.ctx.client.connection_pool.get_connection())
+        self.last_on[index] = page
+        return self.conns[index]
+
+    def close(self) -> None:
+        """Give the connections back; one whose answer was left unread is closed first."""
+        pool = self.ctx.client.connection_pool
+        for index, conn in enumerate(self.conns):
+            page = self.last_on.get(index)
+            if page is not None and (not page.settled or page.error is not None):
+                conn.disconnect()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+            pool.release(conn)
+        self.conns, self.last_on = [], {}
 
     def more(self) -> bool:
         """Whether another page may find work (an answer still unread may leave some)."""
@@ -498,7 +533,8 @@ class ScanPage:
         if write:  # the script deletes the memos of answered pages: no retry needs them
             keys += (*sweep.memos.take(), self.memo)
         command = _resp([b"EVALSHA", _SHAS[write], b"%d" % len(keys), *keys, *args])
-        self.call = _Call(client, [command], _SOURCES[write])
+        conn = sweep.connection(self)
+        self.call = _Call(client, [command], _SOURCES[write], conn)
         sweep.last = self
         return self.receive
 

@@ -77,13 +77,16 @@ class ExpireJobs:
             lambda reg: Judge.of(ctx, reg, _cap_boundaries(ctx, reg)),
             (self._plan_page, self._plan_registry),
         )
-        while sweep.more():
-            page = ScanPage(sweep)
-            yield page
-            if not page.sent:
-                msg = "each page of the fast path must be sent before the next is made"
-                raise RuntimeError(msg)
-        yield Cleanup(sweep.memos)
+        try:
+            while sweep.more():
+                page = ScanPage(sweep)
+                yield page
+                if not page.sent:
+                    msg = "each page of the fast path must be sent before the next is made"
+                    raise RuntimeError(msg)
+            yield Cleanup(sweep.memos, sweep.close)
+        finally:
+            sweep.close()
 
     def _plan_registry(
         self, ctx: TaskContext, reg: _Registry
