@@ -650,7 +650,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--rss-n", type=int, help="the smaller N of the RSS comparison (default N/10)"
     )
-    parser.add_argument("--repeat", type=int, default=3, help="alternating repeats")
+    parser.add_argument("--repeat", type=int, default=5, help="alternating repeats")
     parser.add_argument(
         "--per-job-queues", type=int, default=10_000, help="queues of the per_job shape"
     )
