@@ -82,6 +82,38 @@ def format_rq_time(epoch: float) -> str:
     return dt.datetime.fromtimestamp(epoch, tz=dt.UTC).strftime(_TIME_FORMATS[0])
 
 
+_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
+_minutes_since_epoch: dict[bytes, int] = {}
+_MAX_MINUTES_CACHED = 4096
+"""Registries are walked in score order, which follows the end time, so neighbours
+mostly share their minute: a small cache of minutes saves most of the parsing."""
+
+
+def rq_epoch(ended_at: bytes) -> float:
+    """Epoch seconds of an ended_at already validated as RQ's 27-character format.
+
+    Exactly ``parse_rq_time``'s value, faster (the fast path of ``expire_jobs`` reads one
+    per deleted job).
+
+    ``datetime.timestamp()`` of an aware datetime divides its whole microseconds by a
+    million; so does this, with the seconds up to each minute looked up once.
+    """
+    minute = ended_at[:16]
+    seconds = _minutes_since_epoch.get(minute)
+    if seconds is None:
+        if len(_minutes_since_epoch) >= _MAX_MINUTES_CACHED:
+            _minutes_since_epoch.clear()
+        date = dt.date(int(minute[:4]), int(minute[5:7]), int(minute[8:10]))
+        seconds = _minutes_since_epoch[minute] = (
+            (date.toordinal() - _EPOCH_ORDINAL) * 86_400
+            + int(minute[11:13]) * 3600
+            + int(minute[14:16]) * 60
+        )
+    return (
+        (seconds + int(ended_at[17:19])) * 1_000_000 + int(ended_at[20:26])
+    ) / 1_000_000
+
+
 def parse_int(raw: bytes | None) -> int | None:
     """Parse a decimal integer field (TTLs); None when empty or missing.
 

@@ -16,22 +16,22 @@ import hashlib
 import math
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import TYPE_CHECKING, Any, cast
 
 import redis
 from redis.connection import Connection
-from redis.exceptions import NoScriptError
 
 from janitor import scripts
 from janitor.actions import Action, Fence, Skip
 from janitor.audit import EventRows
 from janitor.errors import LeadershipLost
+from janitor.jobs import rq_epoch
 from janitor.keyspace import Keyspace, to_text
 from janitor.tasks.base import DECISIONS_IN_FLIGHT, Decided, TaskContext
+from janitor.wire import Call, resp
 
 CapBoundary = tuple[float, bytes]
 """The (score, member) of the newest entry *beyond* a keep_last cap is at or below this."""
@@ -113,35 +113,6 @@ def cutoffs(now: float, max_age_s: int) -> tuple[bytes, bytes]:
     return _rq_text(cutoff), _rq_text(cutoff + 5)
 
 
-_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
-_minutes_since_epoch: dict[bytes, int] = {}
-_MAX_MINUTES_CACHED = 4096
-"""Registries are walked in score order, which follows the end time, so neighbours
-mostly share their minute: a small cache of minutes saves most of the parsing."""
-
-
-def _rq_epoch(ended_at: bytes) -> float:
-    """Epoch seconds of an ended_at the script validated: exactly ``parse_rq_time``'s value.
-
-    ``datetime.timestamp()`` of an aware datetime divides its whole microseconds by a
-    million; so does this, with the seconds up to each minute looked up once.
-    """
-    minute = ended_at[:16]
-    seconds = _minutes_since_epoch.get(minute)
-    if seconds is None:
-        if len(_minutes_since_epoch) >= _MAX_MINUTES_CACHED:
-            _minutes_since_epoch.clear()
-        date = dt.date(int(minute[:4]), int(minute[5:7]), int(minute[8:10]))
-        seconds = _minutes_since_epoch[minute] = (
-            (date.toordinal() - _EPOCH_ORDINAL) * 86_400
-            + int(minute[11:13]) * 3600
-            + int(minute[14:16]) * 60
-        )
-    return (
-        (seconds + int(ended_at[17:19])) * 1_000_000 + int(ended_at[20:26])
-    ) / 1_000_000
-
-
 @dataclass(frozen=True, slots=True)
 class Judge:
     """One registry as the script sees it: its keys and, per status, cutoff and cap flag."""
@@ -180,110 +151,6 @@ _SHAS = {
     write: hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest().encode()
     for write, source in _SOURCES.items()
 }
-
-
-def _bulks(parts: Iterable[bytes]) -> bytes:
-    """Bulk strings of the Redis protocol, as one buffer."""
-    return b"".join([b"$%d\r\n%b\r\n" % (len(part), part) for part in parts])
-
-
-def _bulk(part: bytes) -> bytes:
-    return b"$%d\r\n%b\r\n" % (len(part), part)
-
-
-def _resp(parts: Sequence[bytes]) -> bytes:
-    """A command in the Redis protocol, as one buffer."""
-    return b"*%d\r\n" % len(parts) + _bulks(parts)
-
-
-_SENDER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="janitor-send")
-_SEND_IN_BACKGROUND = 16_384
-"""Bytes above which a command is sent by ``_SENDER``: Redis takes a page of several
-hundred kB in pieces, and the janitor prepares the next page meanwhile."""
-
-
-class _Call:
-    """One packed command on a pooled connection: sent now, its reply read later, once.
-
-    A page is thousands of arguments: redis-py packs each through several calls and
-    sends them in 6 kB pieces, three times the cost of one buffer packed here. The rest
-    is redis-py's: a pooled connection, its retries when the connection fails (a write
-    script's memo key makes a retry return the first run's reply), and SCRIPT LOAD of
-    ``script`` when the server lost it. Sending and reading apart lets the janitor
-    work while Redis does; a large command is sent by ``_SENDER`` for the same reason.
-    """
-
-    def __init__(
-        self,
-        client: redis.Redis,
-        commands: Sequence[bytes],
-        script: str | None,
-        conn: Connection | None = None,
-    ) -> None:
-        self.client, self.script = client, script
-        self.command, self.replies = b"".join(commands), len(commands)
-        """All commands go in one buffer; the reply of the last one is the answer."""
-        self.pooled = conn is None
-        """Whether the connection comes from the pool for this call (else its owner's)."""
-        self.conn = client.connection_pool.get_connection() if conn is None else conn
-        self.failed: Exception | None = None
-        self.sent: Future[Exception | None] | None = None
-        if len(self.command) > _SEND_IN_BACKGROUND:
-            self.sent = _SENDER.submit(self._send_now)
-        else:
-            self.failed = self._send_now()
-
-    def _send(self) -> None:
-        self.conn.send_packed_command([self.command])  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
-
-    def _send_now(self) -> Exception | None:
-        try:
-            self._send()
-        except (redis.ConnectionError, redis.TimeoutError) as err:
-            return err
-        return None
-
-    def _again(self) -> object:
-        self._send()
-        return self._read_all()
-
-    def _read_all(self) -> object:
-        reply: object = None
-        try:
-            for _ in range(self.replies):
-                reply = self.conn.read_response()
-        except NoScriptError:
-            raise  # the last reply: nothing is left unread
-        except Exception as err:  # replies may be left unread: start afresh
-            self._fail(err)
-            raise
-        return reply
-
-    def _fail(self, _: Exception) -> None:
-        self.conn.disconnect()  # type: ignore[no-untyped-call]  # as above
-
-    def receive(self) -> object:
-        """The reply (after retries, as redis-py would); a pooled connection goes back."""
-        try:
-            if self.sent is not None:
-                self.failed = self.sent.result()
-            if self.failed is not None:
-                return self.conn.retry.call_with_retry(self._again, self._fail)
-            return self._read()
-        finally:
-            if self.pooled:
-                self.client.connection_pool.release(self.conn)
-
-    def _read(self) -> object:
-        try:
-            return self._read_all()
-        except (redis.ConnectionError, redis.TimeoutError):
-            return self.conn.retry.call_with_retry(self._again, self._fail)
-        except NoScriptError:
-            if self.script is None:
-                raise
-            self.client.script_load(self.script)
-            return self.conn.retry.call_with_retry(self._again, self._fail)
 
 
 @dataclass
@@ -489,7 +356,7 @@ class ScanPage:
         self.sent = self.settled = False
         self.budget = 0
         self.walks: list[Walk] = []
-        self.call: _Call | None = None
+        self.call: Call | None = None
         self.memo = b""
         self.answer: tuple[list[bytes], list[object]] = ([], [])
         self.broken: list[Judge] = []
@@ -532,9 +399,9 @@ class ScanPage:
             args += (walk.judge.reg.queue, walk.cursor, *walk.judge.spec)
         if write:  # the script deletes the memos of answered pages: no retry needs them
             keys += (*sweep.memos.take(), self.memo)
-        command = _resp([b"EVALSHA", _SHAS[write], b"%d" % len(keys), *keys, *args])
+        command = resp([b"EVALSHA", _SHAS[write], b"%d" % len(keys), *keys, *args])
         conn = sweep.connection(self)
-        self.call = _Call(client, [command], _SOURCES[write], conn)
+        self.call = Call(client, command, _SOURCES[write], conn)
         sweep.last = self
         return self.receive
 
@@ -546,7 +413,7 @@ class ScanPage:
             return
         self.settled = True
         try:
-            reply = cast("_Call", self.call).receive()
+            reply = cast("Call", self.call).receive()
         except Exception as err:
             self.error = err
             raise
@@ -574,7 +441,7 @@ class ScanPage:
                 stamp_end = pos + 1 + _ENDED_AT_LEN
                 colon = text.index(b":", stamp_end)
                 id_end = colon + 1 + int(text[stamp_end:colon])
-                ended = _rq_epoch(text[pos + 1 : stamp_end])
+                ended = rq_epoch(text[pos + 1 : stamp_end])
                 rows.append(
                     (
                         name,
