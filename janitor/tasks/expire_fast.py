@@ -155,10 +155,11 @@ _SHAS = {
 
 @dataclass
 class Memos:
-    """Memo keys of answered pages: the next page's call deletes them, the last ones ``Cleanup``.
+    """A run's own keys: the memo keys of answered pages, and the hash of its cursors.
 
-    Deleting each right after its answer would be a round trip that waits behind the
-    page Redis is running meanwhile.
+    The next page's script deletes the memos of answered pages (``Cleanup`` the last
+    ones, and the hash). Deleting each memo right after its answer would be a round trip that waits behind
+    the page Redis is running meanwhile.
     """
 
     stale: list[bytes] = field(default_factory=list)
