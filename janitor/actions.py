@@ -84,7 +84,7 @@ def run_script(
     script = _scripts.get(source)
     if script is None:
         script = _scripts[source] = client.register_script(scripts.memoized(source))
-    memo_key = Keyspace.janitor_key("memo", uuid.uuid4().hex)
+    memo_key = Keyspace.memo(uuid.uuid4().hex)
     reply = script(keys=[*keys, memo_key], args=args, client=client)
     client.unlink(memo_key)  # the reply arrived: no retry can need the memo any more
     return reply

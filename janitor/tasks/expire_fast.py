@@ -171,7 +171,7 @@ class Memos:
     def next_key(self) -> bytes:
         """A memo key no other call uses: the run's own, numbered."""
         self.made += 1
-        return Keyspace.janitor_key("memo", self.run, str(self.made))
+        return Keyspace.memo(self.run, str(self.made))
 
     def take(self) -> list[bytes]:
         """The memo keys to delete now (and forget)."""
@@ -255,7 +255,7 @@ class Sweep:
         self.chained = ctx.dry_run
         self.memos = Memos()
         if not self.chained:
-            self.memos.walk = Keyspace.janitor_key("walk", self.memos.run)
+            self.memos.walk = Keyspace.expire_walk(self.memos.run)
         self.walks: deque[Walk] = deque()
         """Registries not yet known to be finished, in order."""
         self.exhausted = False
