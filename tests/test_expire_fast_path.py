@@ -40,6 +40,8 @@ from janitor.tasks import TASKS
 from janitor.tasks.base import DECISIONS_IN_FLIGHT, Pace, TaskContext
 from janitor.tasks.expire_fast import cutoffs
 from janitor.tasks.expire_jobs import ExpireJobs
+from tests.bulk import fill_finished
+from tests.engine_run import run_tasks
 from tests.snapshot import snapshot
 
 KEYS = Keyspace()
@@ -611,3 +613,12 @@ def test_the_scripts_rq_time_agrees_with_python(r: redis.Redis) -> None:
         b"",
     ]
     assert script_accepts(r, values) == [python_accepts(value) for value in values]
+
+
+def test_keep_last_is_reached_in_one_run(r: redis.Redis) -> None:
+    """Entries the planner deletes behind the walk (keep_last caps) make it pass over none."""
+    fill_finished(r, "capped", 1_000, age_s=60)  # young: only the cap deletes them
+    settings = Settings(retention=RetentionSettings(keep_last=10))
+    _, lines = run_tasks(r, settings, only=["expire_jobs"])
+    assert sum(1 for line in lines if line["event"] == "job_deleted") == 990
+    assert r.zcard(Keyspace().finished("capped")) == 10

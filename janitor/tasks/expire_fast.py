@@ -228,6 +228,10 @@ class Walk:
     cursor: bytes
     size: int
     """``ZCARD`` when the walk began: only a hint, for how many registries share a call."""
+    held: dict[bytes, bytes] = field(default_factory=dict)
+    """The entry (id -> score) the walk's cursor anchors on, when it is one left to the
+    planner: planned only once the walk has moved on, so that its delete cannot pull the
+    anchor away from under the walk (which would then pass over entries)."""
 
 
 class Sweep:
@@ -330,18 +334,41 @@ class Sweep:
             total += walk.size
         return taken
 
-    def answered(self, walks: Sequence[Walk], cursors: Sequence[bytes]) -> list[Judge]:
-        """Take in a page's cursors: finished registries leave; the broken ones are returned."""
+    def answered(
+        self, walks: Sequence[Walk], cursors: Sequence[bytes], slow: Sequence[object]
+    ) -> tuple[list[tuple[Judge, dict[bytes, bytes]]], list[Judge]]:
+        """Take in a page's answer: its entries for the planner, and the broken registries.
+
+        Finished registries leave the sweep. An entry left to the planner that is now a
+        walk's anchor is held back until the walk has moved past it.
+        """
+        left: dict[int, dict[bytes, bytes]] = {}
+        for i in range(0, len(slow), 3):
+            index, job_id, score = cast("tuple[int, bytes, bytes]", slow[i : i + 3])
+            left.setdefault(index - 1, {})[job_id] = score
+        planned: list[tuple[Judge, dict[bytes, bytes]]] = []
         broken: list[Judge] = []
-        for walk, cursor in zip(walks, cursors, strict=True):
+        for index, (walk, cursor) in enumerate(zip(walks, cursors, strict=True)):
+            entries = left.get(index, {})
+            if cursor == b"-":  # not reached
+                continue
             if cursor in (b"0", b"x"):
                 if walk in self.walks:  # a page after it may have finished it first
                     self.walks.remove(walk)
                 if cursor == b"x":
                     broken.append(walk.judge)
-            elif cursor != b"-":
+                anchor = None
+            else:
                 walk.cursor = cursor
-        return broken
+                anchor = cursor.partition(b" ")[2] or None
+            if anchor not in walk.held:  # the walk moved on: plan what it held
+                entries = {**walk.held, **entries}
+                walk.held = {}
+            if anchor is not None and anchor in entries:
+                walk.held = {anchor: entries.pop(anchor)}
+            if entries:
+                planned.append((walk.judge, entries))
+        return planned, broken
 
 
 def _no_decision() -> Decided:
@@ -360,6 +387,7 @@ class ScanPage:
         self.call: Call | None = None
         self.memo = b""
         self.answer: tuple[list[bytes], list[object]] = ([], [])
+        self.planned: list[tuple[Judge, dict[bytes, bytes]]] = []
         self.broken: list[Judge] = []
         self.error: Exception | None = None
 
@@ -426,12 +454,12 @@ class ScanPage:
         if self.memo:
             self.sweep.memos.stale.append(self.memo)
         self.answer = (found, slow)
-        self.broken = self.sweep.answered(self.walks, cursors)
+        self.planned, self.broken = self.sweep.answered(self.walks, cursors, slow)
 
     def receive(self) -> Decided:
         """The audit events of what the script deleted, and the rest planned the ordinary way."""
         self.settle()
-        found, slow = self.answer
+        found, _ = self.answer
         now = self.sweep.ctx.now
         rows: list[tuple[object, ...]] = []
         for walk, text in zip(self.walks, found, strict=True):
@@ -453,18 +481,11 @@ class ScanPage:
                     )
                 )
                 pos = id_end
-        return Decided(
-            EventRows("job_deleted", _DELETED_FIELDS, rows), self._rest(slow)
-        )
+        return Decided(EventRows("job_deleted", _DELETED_FIELDS, rows), self._rest())
 
-    def _rest(self, slow: Sequence[object]) -> Iterator[Action | Skip]:
+    def _rest(self) -> Iterator[Action | Skip]:
         sweep = self.sweep
-        left: dict[int, dict[bytes, bytes]] = {}
-        for i in range(0, len(slow), 3):
-            index, job_id, score = cast("tuple[int, bytes, bytes]", slow[i : i + 3])
-            left.setdefault(index - 1, {})[job_id] = score
-        for index, entries in left.items():
-            judge = self.walks[index].judge
+        for judge, entries in self.planned:
             yield from sweep.plan_slow(
                 sweep.ctx, judge.reg, judge.caps, list(entries.items())
             )
