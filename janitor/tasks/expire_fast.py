@@ -386,7 +386,8 @@ class ScanPage:
         self.walks: list[Walk] = []
         self.call: Call | None = None
         self.memo = b""
-        self.answer: tuple[list[bytes], list[object]] = ([], [])
+        self.found: list[bytes] = []
+        """Per registry, what the script deleted (see ``EXPIRE_TERMINAL_JOBS``)."""
         self.planned: list[tuple[Judge, dict[bytes, bytes]]] = []
         self.broken: list[Judge] = []
         self.error: Exception | None = None
@@ -453,16 +454,15 @@ class ScanPage:
         cursors, found, slow = cast("list[list[Any]]", reply)
         if self.memo:
             self.sweep.memos.stale.append(self.memo)
-        self.answer = (found, slow)
+        self.found = found
         self.planned, self.broken = self.sweep.answered(self.walks, cursors, slow)
 
     def receive(self) -> Decided:
         """The audit events of what the script deleted, and the rest planned the ordinary way."""
         self.settle()
-        found, _ = self.answer
         now = self.sweep.ctx.now
         rows: list[tuple[object, ...]] = []
-        for walk, text in zip(self.walks, found, strict=True):
+        for walk, text in zip(self.walks, self.found, strict=True):
             judge, pos, end = walk.judge, 0, len(text)
             name, statuses, rules = judge.reg.name, judge.statuses, judge.rules
             while pos < end:
