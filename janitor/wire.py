@@ -30,10 +30,11 @@ command in pieces, and the janitor prepares the next page meanwhile."""
 
 
 class Call:
-    """One packed command on a connection: sent now, its reply read later, once.
+    """One packed command on the caller's connection: sent now, its reply read later, once.
 
-    The connection is the caller's, or one from the client's pool for this call only.
-    A failed connection is retried as redis-py would (a write script's memo key makes a
+    The caller keeps the connection (taking one from redis-py's pool costs two system
+    calls: its check for unread data) and reads replies in the order it sent. A failed
+    connection is retried as redis-py would (a write script's memo key makes a
     retry return the first run's reply), and ``script`` is loaded again when the server
     lost it (NOSCRIPT).
     """
@@ -43,13 +44,15 @@ class Call:
         client: redis.Redis,
         command: bytes,
         script: str | None,
-        conn: Connection | None = None,
+        conn: Connection,
     ) -> None:
-        """Send ``command`` (from ``resp``) on ``conn``, or on a pooled connection."""
-        self.client, self.script, self.command = client, script, command
-        self.pooled = conn is None
-        """Whether the connection comes from the pool for this call (else its owner's)."""
-        self.conn = client.connection_pool.get_connection() if conn is None else conn
+        """Send ``command`` (from ``resp``) on ``conn``."""
+        self.client, self.script, self.command, self.conn = (
+            client,
+            script,
+            command,
+            conn,
+        )
         self.failed: Exception | None = None
         self.sent: Future[Exception | None] | None = None
         if len(command) > SEND_IN_BACKGROUND:
@@ -84,16 +87,12 @@ class Call:
         self.conn.disconnect()  # type: ignore[no-untyped-call]  # as above
 
     def receive(self) -> object:
-        """The reply (after retries, as redis-py would); a pooled connection goes back."""
-        try:
-            if self.sent is not None:
-                self.failed = self.sent.result()
-            if self.failed is not None:
-                return self.conn.retry.call_with_retry(self._again, self._fail)
-            return self._read()
-        finally:
-            if self.pooled:
-                self.client.connection_pool.release(self.conn)
+        """The reply (after retries, as redis-py would)."""
+        if self.sent is not None:
+            self.failed = self.sent.result()
+        if self.failed is not None:
+            return self.conn.retry.call_with_retry(self._again, self._fail)
+        return self._read()
 
     def _read(self) -> object:
         try:

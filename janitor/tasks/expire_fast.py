@@ -58,34 +58,24 @@ _ENDED_AT_LEN = 27
 """``len("2026-10-20T06:48:14.418003Z")``: the only ended_at the script deletes by."""
 
 
-def _shape(build: Callable[[bytes], bytes]) -> tuple[bytes, bytes]:
-    head, _, tail = build(b"\x00").partition(b"\x00")
-    return head, tail
+def key_templates(keys: Keyspace) -> list[bytes]:
+    """The script's ARGV 4 to 13: the text before and after the job id in each per-job key.
 
-
-@dataclass(frozen=True, slots=True)
-class KeyShapes:
-    """(head, tail) around the job id of each per-job key the script needs, read off Keyspace."""
-
-    shapes: tuple[tuple[bytes, bytes], ...]
-    """Job hash, dependents, dependencies, results, executions: the script's order."""
-
-    @classmethod
-    def of(cls, keys: Keyspace) -> KeyShapes:
-        """The shapes of ``keys``' templates."""
-        builders = (
-            keys.job,
-            keys.dependents,
-            keys.dependencies,
-            keys.results,
-            keys.executions,
-        )
-        return cls(tuple(_shape(build) for build in builders))
-
-    @property
-    def args(self) -> list[bytes]:
-        """The templates as the script's ARGV 4 to 13: head, tail of each key, in order."""
-        return [part for shape in self.shapes for part in shape]
+    Job hash, dependents, dependencies, results, executions (the script's order), read
+    off ``keys`` itself, so the key names still come from one module.
+    """
+    builders = (
+        keys.job,
+        keys.dependents,
+        keys.dependencies,
+        keys.results,
+        keys.executions,
+    )
+    templates: list[bytes] = []
+    for build in builders:
+        head, _, tail = build(b"\x00").partition(b"\x00")
+        templates += (head, tail)
+    return templates
 
 
 _EPOCH = dt.datetime(1970, 1, 1)  # noqa: DTZ001 - naive on purpose: only formatted, as UTC
@@ -265,7 +255,7 @@ class Sweep:
         self.exhausted = False
         self.last: ScanPage | None = None
         """The latest page sent: in a dry run, its answer holds the next page's cursors."""
-        self.templates = KeyShapes.of(ctx.keys).args
+        self.templates = key_templates(ctx.keys)
         self.conns: list[Connection] = []
         """The pages' own connections, one per page in flight: taking one from the pool
         for every page costs two system calls (redis-py checks it for unread data)."""
