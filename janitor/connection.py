@@ -8,12 +8,14 @@ retry on transient errors and a ``PING`` before the client is handed out.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.connection import Connection
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -116,6 +118,21 @@ def server_info(client: redis.Redis) -> dict[str, str]:
     return {k: "unknown" if v is None else str(v) for k, v in summary.items()}
 
 
+def checkout(client: redis.Redis) -> Connection:
+    """Take a connection from ``client``'s pool for the caller alone; ``pool.release`` gives it back.
+
+    redis-py before 5.3 requires a command name here (and ignores it); from 5.3 on, passing
+    one is deprecated. The signature tells which release this is.
+    """
+    pool = client.connection_pool
+    takes_name = inspect.signature(pool.get_connection).parameters.get("command_name")
+    if takes_name is not None and takes_name.default is inspect.Parameter.empty:
+        conn: Connection = pool.get_connection("_")
+    else:
+        conn = pool.get_connection()
+    return conn
+
+
 def _client(settings: RedisSettings, client_name: str) -> redis.Redis:
     """Build the client (not yet connected) for a URL, or for a Sentinel master."""
     overrides: dict[str, Any] = {k: getattr(settings, k) for k in _SSL_OPTIONS}
@@ -166,12 +183,14 @@ def _sentinel_client(
     }
     options["ssl"] = issubclass(pool.connection_class, redis.SSLConnection)
     pool.disconnect()
-    sentinel = Sentinel(  # type: ignore[no-untyped-call] # redis-py leaves Sentinel untyped
+    # Typed from redis-py 8.2 on, untyped before: through a Callable both type-check alike.
+    make_sentinel: Callable[..., Any] = Sentinel
+    sentinel = make_sentinel(
         list(settings.sentinels),
         socket_timeout=SOCKET_TIMEOUT_S,
         socket_connect_timeout=SOCKET_CONNECT_TIMEOUT_S,
     )
-    client: redis.Redis = sentinel.master_for(settings.sentinel_master, **options)  # type: ignore[no-untyped-call] # as above
+    client: redis.Redis = sentinel.master_for(settings.sentinel_master, **options)
     return client
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import pytest
 import redis
+from redis.client import PubSub
 from rq import Worker
 
 from janitor.actions import Action, DeleteZombieWorker, Fence, PruneWorkerSets
@@ -29,6 +30,12 @@ from tests.snapshot import assert_unchanged, snapshot
 KEYS = Keyspace()
 DEAD_AFTER = Settings().workers.dead_after
 COMMON_FIELDS = ("event", "timestamp", "run_id", "task", "dry_run")
+
+
+def new_pubsub(r: redis.Redis) -> PubSub:
+    """A pubsub client of ``r`` (through a Callable: ``pubsub`` is typed in some redis-py releases only)."""
+    make: Callable[[], PubSub] = r.pubsub
+    return make()
 
 
 def run(
@@ -215,7 +222,7 @@ class TestZombies:
         now = time.time()
         age = 60 if setup == "recent heartbeat" else 10 * DEAD_AFTER
         key = zombie(r, "w", heartbeat=now - age, queues=("q",))
-        pubsub = r.pubsub()  # type: ignore[no-untyped-call]
+        pubsub = new_pubsub(r)
         if setup == "ttl":
             # An expiring hash is Redis' to delete, whatever its heartbeat says.
             r.expire(key, 30)
@@ -308,7 +315,7 @@ class TestRecheck:
         now = time.time()
         key = zombie(r, "z", heartbeat=now - 10 * DEAD_AFTER, queues=("q",))
         actions = plan(r, now)
-        pubsub = r.pubsub()  # type: ignore[no-untyped-call]
+        pubsub = new_pubsub(r)
         if change == "heartbeat":
             r.hset(key, "last_heartbeat", rq_time(now))
         elif change == "ttl":
