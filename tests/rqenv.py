@@ -1,15 +1,22 @@
-"""Virtualenvs with one pinned RQ version each, so tests can produce data with old RQ releases.
+"""Virtualenvs for the compat tests, each installed from a lock in ``requirements/``.
 
-``python_for("1.16.2")`` returns the python of ``<repo>/.venvs/rq-1.16.2/``, creating that virtualenv on the
-first call (``sys.executable -m venv`` plus pip). A lock file (``fcntl.flock``) makes concurrent callers, even in
-separate pytest processes, wait for one another, and a marker file written last records a finished install, so
-later calls only read that marker. ``python_for("current")`` is the interpreter running the tests (the project's
-own ``.venv``, with the RQ version the project installs).
+``python_for("1.16.2")`` returns the python of ``<repo>/.venvs/rq-1.16.2/``, created on the first call from
+``requirements/rq-1.16.2.txt`` (exact versions, hash-checked); ``python_for(FLOORS)`` the python of
+``.venvs/floors/``, which holds the lowest version of every runtime dependency that ``pyproject.toml`` allows
+(``requirements/floors.txt``) and the package's source on its path. A lock file (``fcntl.flock``) makes
+concurrent callers, even in separate pytest processes, wait for one another, and a marker file written last
+records a finished install (with the lock's digest, so a refreshed lock makes a new virtualenv); later calls
+only read that marker. ``python_for("current")`` is the interpreter running the tests.
+
+With ``JANITOR_TEST_LATEST=1`` (``./scripts/test --latest``) the RQ virtualenvs live in ``.venvs-latest/``
+and take the newest releases that ``requirements/rq-<version>.in`` allows, to show what a lock refresh
+would bring; the floors stay the floors.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -23,19 +30,13 @@ RQ_VERSIONS = ("1.16.2", "2.12.0", "3.0.0")
 #: ``python_for`` returns the interpreter running the tests for this name.
 CURRENT = "current"
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-VENVS_DIR = REPO_ROOT / ".venvs"
+#: ``python_for`` returns the virtualenv of the dependency floors for this name.
+FLOORS = "floors"
 
-#: Extra requirements installed next to ``rq==<version>``, checked by running a real worker with them.
-#: rq 1.16.2 (January 2024) is paired with the redis-py line of its time, which is also what projects that pin
-#: rq 1.16.2 use, and with click < 8.2: click 8.2 warns about the duplicate ``--serializer`` option that
-#: rq 1.16's ``rq worker`` declares twice. rq 2.12.0 excludes only redis 6.0.0 (``redis!=6,>=3.5``) and runs
-#: with the newest redis-py; rq 3.0.0 needs ``redis>=5.0.1``.
-COMPANIONS: dict[str, tuple[str, ...]] = {
-    "1.16.2": ("redis>=5.0.1,<6", "click<8.2"),
-    "2.12.0": ("redis>=5.0.1,!=6.0.0",),
-    "3.0.0": ("redis>=5.0.1",),
-}
+REPO_ROOT = Path(__file__).resolve().parent.parent
+REQUIREMENTS_DIR = REPO_ROOT / "requirements"
+LATEST = os.environ.get("JANITOR_TEST_LATEST") == "1"
+VENVS_DIR = REPO_ROOT / (".venvs-latest" if LATEST else ".venvs")
 
 MARKER_NAME = ".rqenv-ready.json"
 INSTALL_TIMEOUT_S = 900
@@ -45,30 +46,42 @@ class RqEnvError(RuntimeError):
     """Raised when a virtualenv for an RQ version cannot be created."""
 
 
-def venv_dir(rq_version: str) -> Path:
-    """Return the folder of the virtualenv for ``rq_version`` (it may not exist yet)."""
-    return VENVS_DIR / f"rq-{rq_version}"
+def venv_dir(name: str) -> Path:
+    """Return the folder of the virtualenv for an RQ version or ``FLOORS`` (it may not exist yet)."""
+    return VENVS_DIR / (FLOORS if name == FLOORS else f"rq-{name}")
 
 
 def _venv_python(directory: Path) -> Path:
     return directory / "bin" / "python"
 
 
-def requirements_for(rq_version: str) -> list[str]:
-    """Return the pip requirements installed into the virtualenv for ``rq_version``."""
-    return [f"rq=={rq_version}", *COMPANIONS.get(rq_version, ())]
+def requirements_file(name: str) -> Path:
+    """Return the file the virtualenv for ``name`` is installed from: its lock, or in latest mode its ``.in``."""
+    if name == FLOORS:
+        return REQUIREMENTS_DIR / "floors.txt"
+    return REQUIREMENTS_DIR / f"rq-{name}.{'in' if LATEST else 'txt'}"
 
 
-def _marker_content(rq_version: str) -> dict[str, object]:
+def pip_arguments(name: str) -> list[str]:
+    """Return what ``pip install`` gets for the virtualenv of ``name``: exactly its lock, hash-checked."""
+    path = requirements_file(name)
+    if path.suffix == ".in":
+        return ["--upgrade", "-r", str(path)]
+    return ["--require-hashes", "--no-deps", "-r", str(path)]
+
+
+def _marker_content(name: str) -> dict[str, object]:
+    requirements = requirements_file(name)
     return {
-        "rq_version": rq_version,
-        "requirements": requirements_for(rq_version),
+        "name": name,
+        "requirements": requirements.name,
+        "digest": hashlib.sha256(requirements.read_bytes()).hexdigest(),
         "base_python": sys.base_prefix,
         "python_version": list(sys.version_info[:2]),
     }
 
 
-def _marker_ok(directory: Path, rq_version: str) -> bool:
+def _marker_ok(directory: Path, name: str) -> bool:
     marker = directory / MARKER_NAME
     try:
         recorded = json.loads(marker.read_text())
@@ -76,7 +89,7 @@ def _marker_ok(directory: Path, rq_version: str) -> bool:
         return False
     if not isinstance(recorded, dict):
         return False
-    expected = _marker_content(rq_version)
+    expected = _marker_content(name)
     same = all(recorded.get(key) == value for key, value in expected.items())
     return same and _venv_python(directory).exists()
 
@@ -106,7 +119,7 @@ def _run(args: list[str], what: str) -> str:
     return done.stdout
 
 
-def _create(directory: Path, rq_version: str) -> None:
+def _create(directory: Path, name: str) -> None:
     if directory.exists():
         shutil.rmtree(directory)
     _run([sys.executable, "-m", "venv", str(directory)], "creating the virtualenv")
@@ -119,32 +132,41 @@ def _create(directory: Path, rq_version: str) -> None:
             "install",
             "--quiet",
             "--disable-pip-version-check",
-            *requirements_for(rq_version),
+            *pip_arguments(name),
         ],
-        f"installing rq=={rq_version}",
+        f"installing {requirements_file(name).name}",
     )
-    installed = _run(
-        [python, "-c", "import importlib.metadata as m; print(m.version('rq'))"],
-        "checking the rq version",
-    ).strip()
-    if installed != rq_version:
-        msg = f"{directory} has rq {installed}, wanted {rq_version}"
-        raise RqEnvError(msg)
+    if name == FLOORS:
+        # The package itself from this checkout, as an editable install would put it: a path entry. Its
+        # dependencies are the floors' own; the build backend is not among them, so pip cannot install it.
+        purelib = _run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            "finding site-packages",
+        ).strip()
+        (Path(purelib) / "rq_janitor_checkout.pth").write_text(f"{REPO_ROOT}\n")
+    else:
+        installed = _run(
+            [python, "-c", "import importlib.metadata as m; print(m.version('rq'))"],
+            "checking the rq version",
+        ).strip()
+        if installed != name:
+            msg = f"{directory} has rq {installed}, wanted {name}"
+            raise RqEnvError(msg)
     freeze = _run(
         [python, "-m", "pip", "freeze", "--disable-pip-version-check"],
         "listing the installed packages",
     )
-    marker = {**_marker_content(rq_version), "installed": freeze.split()}
+    marker = {**_marker_content(name), "installed": freeze.split()}
     tmp = directory / (MARKER_NAME + ".tmp")
     tmp.write_text(json.dumps(marker, indent=2) + "\n")
     tmp.replace(directory / MARKER_NAME)
 
 
 def python_for(rq_version: str) -> Path:
-    """Return a python that imports exactly ``rq==rq_version``, creating its virtualenv if needed.
+    """Return a python that imports exactly ``rq==rq_version`` (or the floors), creating its virtualenv if needed.
 
     ``"current"`` returns ``sys.executable``. Safe to call from several processes at once: they serialize on
-    ``<repo>/.venvs/rq-<version>.lock``, and all but the first find the finished virtualenv.
+    ``<repo>/.venvs/<name>.lock``, and all but the first find the finished virtualenv.
     """
     if rq_version == CURRENT:
         return Path(sys.executable)
@@ -152,7 +174,7 @@ def python_for(rq_version: str) -> Path:
     if _marker_ok(directory, rq_version):
         return _venv_python(directory)
     VENVS_DIR.mkdir(parents=True, exist_ok=True)
-    lock_path = VENVS_DIR / f"rq-{rq_version}.lock"
+    lock_path = VENVS_DIR / f"{directory.name}.lock"
     with lock_path.open("a") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         try:

@@ -13,7 +13,7 @@ from typing import cast
 import pytest
 import redis
 
-from tests.rqenv import RQ_VERSIONS, python_for, venv_dir
+from tests.rqenv import RQ_VERSIONS, VENVS_DIR, python_for, venv_dir
 from tests.rqstate import (
     EXPECTED_STATUS,
     MARKER,
@@ -71,9 +71,7 @@ def test_python_for_gives_exactly_that_rq(rq_version: str) -> None:
     """python_for(v) returns a python of <repo>/.venvs/rq-<v> that imports rq v, and a second call reuses it."""
     python = python_for(rq_version)
     assert python.parent.parent == venv_dir(rq_version)
-    assert (
-        venv_dir(rq_version).parent == Path(__file__).resolve().parent.parent / ".venvs"
-    )
+    assert venv_dir(rq_version).parent == VENVS_DIR
     out = subprocess.run(
         [
             str(python),
