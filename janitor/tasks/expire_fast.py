@@ -27,6 +27,7 @@ from redis.connection import Connection
 from janitor import scripts
 from janitor.actions import Action, Fence, Skip
 from janitor.audit import EventRows
+from janitor.connection import checkout
 from janitor.errors import LeadershipLost
 from janitor.jobs import rq_epoch
 from janitor.keyspace import Keyspace, to_text
@@ -267,7 +268,7 @@ class Sweep:
         index = self.sent % DECISIONS_IN_FLIGHT
         self.sent += 1
         if index == len(self.conns):
-            self.conns.append(self.ctx.client.connection_pool.get_connection())
+            self.conns.append(checkout(self.ctx.client))
         self.last_on[index] = page
         return self.conns[index]
 
