@@ -13,6 +13,7 @@ from redis.commands.core import Script
 from janitor import scripts
 from janitor.errors import LeadershipLost
 from janitor.keyspace import JANITOR_PREFIX, Keyspace
+from janitor.liveness import Recheck
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +202,7 @@ class DeleteJob(ScriptBatch):
 class RecoverJob(ScriptBatch):
     """Move an abandoned job on (fail, enqueue or schedule it) if all the evidence still holds.
 
-    ``keys`` and ``args`` follow ``scripts.RECOVER_ABANDONED_JOBS``, 14 of each per job.
+    ``keys`` and ``args`` follow ``scripts.RECOVER_ABANDONED_JOBS``: 14 keys and 16 arguments per job.
     """
 
     keys: tuple[bytes, ...]
@@ -274,48 +275,28 @@ def run_fenced(
 
 
 @dataclass(frozen=True, slots=True)
-class PruneWorkerSets(ScriptBatch):
-    """Remove a worker from worker sets if its hash is still gone (what RQ itself does).
+class PruneDeadWorker(ScriptBatch):
+    """Remove a dead worker from worker sets (and delete its hash if a zombie), if still dead.
 
-    The set member is the worker's hash key, so ``worker_key`` is both what is checked
-    and what is removed.
+    The set member is the worker's hash key. Re-checked at write time by
+    ``scripts.WORKER_STILL_DEAD``: the same reason (hash still gone, or the same TTL-less
+    hash with the same ``last_heartbeat``), no subscriber on the command channel, no live
+    execution (``liveness.Recheck`` holds what it compares).
     """
 
     worker_key: bytes
     sets: tuple[bytes, ...]
+    recheck: Recheck
 
     source: ClassVar[str] = scripts.PRUNE_WORKER_MEMBERSHIPS
     what: ClassVar[str] = "worker prunes"
 
     def encode(self) -> tuple[list[bytes], list[Arg]]:
         """Keys and arguments per ``scripts.PRUNE_WORKER_MEMBERSHIPS``."""
-        return [self.worker_key, *self.sets], [len(self.sets)]
-
-
-@dataclass(frozen=True, slots=True)
-class DeleteZombieWorker(ScriptBatch):
-    """Delete a TTL-less worker hash of a dead worker, and its memberships, if unchanged.
-
-    Re-checked at write time: still a hash without TTL, ``last_heartbeat`` as planned,
-    and nobody subscribed to the worker's command channel.
-    """
-
-    worker_key: bytes
-    last_heartbeat: bytes
-    """The raw field the plan read; empty when the hash had none."""
-    channel: bytes
-    sets: tuple[bytes, ...]
-
-    source: ClassVar[str] = scripts.DELETE_ZOMBIE_WORKERS
-    what: ClassVar[str] = "zombie deletes"
-
-    def encode(self) -> tuple[list[bytes], list[Arg]]:
-        """Keys and arguments per ``scripts.DELETE_ZOMBIE_WORKERS``."""
-        return [self.worker_key, *self.sets], [
-            len(self.sets),
-            self.last_heartbeat,
-            self.channel,
-        ]
+        check = self.recheck
+        keys = [self.worker_key, check.executions, *self.sets]
+        args: list[Arg] = [len(self.sets), check.reason, check.heartbeat]
+        return keys, [*args, check.channel, check.execution_head]
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """``janitor explain JOB_ID``: one job's state, the rule that applies to it, and when RQ and the janitor delete it.
 
 Read-only: the job's lifecycle fields (never its payload), PTTLs, its registry entry
-and, for a started job, whether its worker still exists. RQ's deletion time is the
+and, for a started job, whether its worker is provably dead (``liveness.judge``). RQ's deletion time is the
 job hash's TTL as Redis holds it (RQ sets it from ``result_ttl`` / ``failure_ttl`` when
 the job ends); the janitor's follows ``expire_jobs``: ``[retention]`` age after the job
 ended, ``keep_last``, and the jobs it keeps. The JSON shape is in docs/report.md.
@@ -18,6 +18,7 @@ from janitor.config import TERMINAL_STATES, Settings
 from janitor.errors import NoSuchJob
 from janitor.jobs import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL, has_waiting_children
 from janitor.keyspace import Keyspace, to_text
+from janitor.liveness import Verdict, WorkerFacts, judge, read_workers
 from janitor.policy import QueueFilter, Retention, retention_for
 from janitor.report import DOCS
 from janitor.report_queues import ENDED
@@ -91,7 +92,7 @@ def explain(
         },
         "results": facts.results_json(keys, raw_id),
         "registry": facts.registry_json(),
-        "worker": {"name": facts.worker, "exists": facts.worker_exists},
+        "worker": facts.worker_json(),
         "dependents": job.dependents,
         "rule": facts.rule_json(settings),
         "rq": {"at": _round(rq_at), "reason": rq_reason},
@@ -129,7 +130,8 @@ class _Facts:
         """Entries of the same status newer in the registry; None = not determined."""
         self.results_pttl = -2
         self.worker: str | None = None
-        self.worker_exists: bool | None = None
+        self.worker_facts: WorkerFacts | None = None
+        self.worker_verdict: Verdict | None = None
         self.retention: Retention | None = None
         self.waiting_children = False
         self.abandoned_action = "fail"
@@ -165,8 +167,25 @@ class _Facts:
             raw = cast("bytes | None", client.hget(keys.job(job.job_id), "worker_name"))
             if raw:  # no name (a half-written hash): nothing to say about a worker
                 facts.worker = to_text(raw)
-                facts.worker_exists = bool(client.exists(keys.worker(raw)))
+                facts.worker_facts = read_workers(client, keys, [raw])[raw]
+                dead_after = settings.workers.dead_after
+                facts.worker_verdict = judge(facts.worker_facts, now, dead_after)
         return facts
+
+    @property
+    def worker_dead(self) -> bool:
+        """Whether the started job's worker is provably dead (False when unknown)."""
+        return self.worker_verdict is not None and self.worker_verdict.dead
+
+    def worker_json(self) -> dict[str, Any]:
+        """The ``worker`` object: its name, whether its hash exists, and the liveness verdict."""
+        facts, verdict = self.worker_facts, self.worker_verdict
+        return {
+            "name": self.worker,
+            "exists": None if facts is None else facts.ttl != -2,  # noqa: PLR2004 - TTL of a missing key
+            "dead": None if verdict is None else verdict.dead,
+            "reason": None if verdict is None else verdict.reason,
+        }
 
     def results_json(self, keys: Keyspace, job_id: bytes) -> dict[str, Any]:
         """The ``results`` object: the job's result stream and its TTL."""
@@ -296,11 +315,11 @@ def _rq_never(facts: _Facts, status: str) -> str:
         return "never: result_ttl=-1"
     if status in ("failed", "stopped") and job.failure_ttl == -1:
         return "never: failure_ttl=-1"
-    if status == "started" and facts.worker_exists is not False:
+    if status == "started" and not facts.worker_dead:
         return "never while it runs (RQ persists a started job's key)"
     if status == "started":
         return (
-            f"never as it is: its worker {facts.worker!r} is gone; a worker serving "
+            f"never as it is: its worker {facts.worker!r} is dead; a worker serving "
             f"{facts.queue!r} moves it to failed at its next maintenance (none, if no "
             "worker serves the queue), then failure_ttl applies"
         )
@@ -316,7 +335,7 @@ def _janitor_never(facts: _Facts) -> str | None:  # noqa: PLR0911 - one return p
         return f"never: unreadable job field ({job.unreadable}); expire_jobs skips it"
     if status is None:
         return "never: the job hash has no status; expire_jobs skips it"
-    if status == "started" and facts.worker_exists is False:
+    if status == "started" and facts.worker_dead:
         return (
             f"never while started; recover_abandoned ({facts.abandoned_action}) acts "
             "on its second pass that finds the worker dead, then [retention] failed applies"

@@ -131,6 +131,10 @@ class Keyspace:
         """``rq:execution:<id>:<exec>``: one execution's hash (RQ 2.0+)."""
         return self._key("execution", job_id, execution_id)
 
+    def execution_of_member(self, member: str | bytes) -> bytes:
+        """``rq:execution:<id>:<exec>`` named by ``<id>:<exec>``, a member of a worker's executions set."""
+        return self._key("execution", member)
+
     def group(self, name: str | bytes) -> bytes:
         """``rq:group:<name>``: a group's set of job ids (RQ 2.0+)."""
         return self._key("group", name)

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
-from janitor.jobs import FieldError, parse_rq_time
+from janitor import liveness
 from janitor.keyspace import to_text
 from janitor.report_queues import QueueReport, Scope
 
@@ -67,9 +67,9 @@ class Workers:
     """Queue names a live worker serves (its ``queues`` field or a per-queue set)."""
     live: int = 0
     gone: list[bytes] = field(default_factory=list)
-    """Listed worker keys whose hash is gone."""
+    """Listed worker keys dead by ``liveness.judge`` whose hash is gone."""
     zombies: list[bytes] = field(default_factory=list)
-    """Listed worker keys with a TTL-less hash and no heartbeat within ``dead_after``."""
+    """Listed worker keys dead by ``liveness.judge`` as zombies."""
     exact: bool = True
 
 
@@ -101,33 +101,23 @@ def read_workers(scope: Scope, queues: Sequence[QueueReport]) -> Workers:
 
 
 def _classify(scope: Scope, found: Workers, listed: dict[bytes, set[str]]) -> None:
-    pipe = scope.client.pipeline(transaction=False)
-    for key in listed:
-        pipe.pttl(key)
-        pipe.hmget(key, ["queues", "last_heartbeat"])
-    replies = pipe.execute(raise_on_error=False)
-    for index, (key, in_sets) in enumerate(listed.items()):
-        pttl, fields = replies[2 * index : 2 * index + 2]
-        if pttl == -2:  # noqa: PLR2004 - Redis's PTTL for a missing key
-            found.gone.append(key)
-            continue
-        fields = fields if isinstance(fields, list) else [None, None]
-        if pttl == -1 and _stale(scope, fields[1]):
-            found.zombies.append(key)
+    """Sort listed workers by ``liveness.judge``: dead ones by reason, the rest serve."""
+    keys = scope.keys
+    names = {key: keys.worker_name_from_key(key) or key for key in listed}
+    facts = liveness.read_workers(scope.client, keys, names.values())
+    for key, in_sets in listed.items():
+        worker = facts[names[key]]
+        verdict = liveness.judge(worker, scope.now, scope.settings.workers.dead_after)
+        if verdict.dead:
+            dead = (
+                found.gone if verdict.reason == liveness.HASH_EXPIRED else found.zombies
+            )
+            dead.append(key)
             continue
         found.live += 1
         found.served |= in_sets
-        if fields[0]:
-            found.served |= set(to_text(fields[0]).split(","))
-
-
-def _stale(scope: Scope, heartbeat: bytes | None) -> bool:
-    """Whether a heartbeat is missing, unreadable or older than ``[workers] dead_after``."""
-    try:
-        beat = parse_rq_time(heartbeat)
-    except FieldError:
-        return True
-    return beat is None or scope.now - beat > scope.settings.workers.dead_after
+        if worker.queues:
+            found.served |= set(to_text(worker.queues).split(","))
 
 
 @dataclass(slots=True)
@@ -193,11 +183,9 @@ def _check_candidates(
     for kind, key, owner in chunk:
         pipe.type(key)
         pipe.pttl(key)
-        if kind == "worker":
-            pipe.hget(key, "last_heartbeat")
-        else:
-            pipe.exists(scope.keys.job(owner))
+        pipe.exists(scope.keys.job(owner) if kind != "worker" else key)
     replies = pipe.execute(raise_on_error=False)
+    workers: list[bytes] = []
     for index, (kind, key, _) in enumerate(chunk):
         type_, pttl, third = replies[3 * index : 3 * index + 3]
         if pttl != -1:
@@ -206,10 +194,15 @@ def _check_candidates(
             result.streams_without_ttl.append(key)
             result.streams_job_gone += third == 0
         elif kind == "worker" and type_ == b"hash":
-            if _stale(scope, third if isinstance(third, bytes) else None):
-                result.zombie_hashes.append(key)
+            workers.append(key)
         elif kind == "set" and type_ == b"set" and third == 0:
             result.orphan_sets.append(key)
+    names = {key: scope.keys.worker_name_from_key(key) or key for key in workers}
+    facts = liveness.read_workers(scope.client, scope.keys, names.values())
+    dead_after = scope.settings.workers.dead_after
+    for key in workers:
+        if liveness.judge(facts[names[key]], scope.now, dead_after).dead:
+            result.zombie_hashes.append(key)
 
 
 def leaks(

@@ -63,6 +63,34 @@ local function writable(key, kind)
 end
 """
 
+WORKER_STILL_DEAD = """
+-- liveness.py's rule, re-checked: the worker is still provably dead for the reason the
+-- plan found. reason 'hash_expired': its hash is still gone; 'zombie': still a hash
+-- without TTL, with the same last_heartbeat (time only makes it older). Either way
+-- nobody subscribes to its command channel and none of its RQ 3 executions is live
+-- (an execution key is execution_head followed by a member of the executions set).
+local function worker_still_dead(worker, reason, heartbeat, channel, executions, execution_head)
+  if reason == 'hash_expired' then
+    if redis.call('EXISTS', worker) == 1 then return false end
+  elseif reason == 'zombie' then
+    if redis.call('TYPE', worker).ok ~= 'hash' or redis.call('TTL', worker) ~= -1
+      or (redis.call('HGET', worker, 'last_heartbeat') or '') ~= heartbeat then return false end
+  else
+    return false
+  end
+  if redis.call('PUBSUB', 'NUMSUB', channel)[2] ~= 0 then return false end
+  local kind = redis.call('TYPE', executions).ok
+  if kind == 'set' then
+    for _, member in ipairs(redis.call('SMEMBERS', executions)) do
+      if redis.call('EXISTS', execution_head .. member) == 1 then return false end
+    end
+  elseif kind ~= 'none' then
+    return false
+  end
+  return true
+end
+"""
+
 DELETE_TERMINAL_JOBS = (
     _FENCE
     + _GUARDS
@@ -345,16 +373,17 @@ return {cursors, found, slow}
 RECOVER_ABANDONED_JOBS = (
     _FENCE
     + _GUARDS
+    + WORKER_STILL_DEAD
     + """
 -- Recovers a batch of started jobs whose worker is provably dead, each only if every piece
 -- of evidence still holds: status started, the same started-registry score (no heartbeat
--- since) and already past, the worker hash still gone (or the same TTL-less zombie), no
--- live execution hash, and the suspect recorded by the previous pass unchanged.
--- ARGV: 1 token, 2 now, 3 job count, then per job (14): member, job id, execution id,
---   score, worker state ('gone' or 'zombie'), zombie heartbeat, fingerprint, mode
---   ('fail' | 'enqueue' | 'schedule'), failure ttl, now as RQ's utcformat, schedule-at
---   epoch, retries_left to write ('' = leave), queue key for rq:queues, failure result
---   exc_string ('' = write none).
+-- since) and already past, the worker still dead for the same reason (worker_still_dead),
+-- no live execution hash of the job, and the suspect recorded by the previous pass unchanged.
+-- ARGV: 1 token, 2 now, 3 job count, then per job (16): member, job id, execution id,
+--   score, worker dead reason ('hash_expired' or 'zombie'), its heartbeat, fingerprint,
+--   mode ('fail' | 'enqueue' | 'schedule'), failure ttl, now as RQ's utcformat,
+--   schedule-at epoch, retries_left to write ('' = leave), queue key for rq:queues,
+--   failure result exc_string ('' = write none), worker command channel, execution head.
 -- KEYS: 1 lease, then per job (14): job, started registry, worker hash, execution hash,
 --   execution registry, worker executions set, suspects hash, failed registry, queue list,
 --   rq:queues, scheduled registry, dependents, dependencies, result stream.
@@ -369,7 +398,7 @@ for j = 1, tonumber(ARGV[3]) do
   local member, id, exec_id, score = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local worker_state, heartbeat, fingerprint, mode = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7]
   local ttl, now_text, at, retries = tonumber(ARGV[a + 8]), ARGV[a + 9], ARGV[a + 10], ARGV[a + 11]
-  local queue_key, exc = ARGV[a + 12], ARGV[a + 13]
+  local queue_key, exc, channel, execution_head = ARGV[a + 12], ARGV[a + 13], ARGV[a + 14], ARGV[a + 15]
   local ok = 1
   local current = read('ZSCORE', started, member)
   local status = read('HGET', job, 'status')
@@ -379,9 +408,7 @@ for j = 1, tonumber(ARGV[3]) do
   if status ~= 'started' or suspect ~= fingerprint then ok = 0
   elseif current ~= score or tonumber(current) == nil or tonumber(current) > now then ok = 0
   elseif exec_id ~= '' and redis.call('EXISTS', execution) == 1 then ok = 0
-  elseif worker_state == 'gone' and redis.call('EXISTS', worker) == 1 then ok = 0
-  elseif worker_state == 'zombie' and (redis.call('TTL', worker) ~= -1
-      or read('HGET', worker, 'last_heartbeat') ~= heartbeat) then ok = 0
+  elseif not worker_still_dead(worker, worker_state, heartbeat, channel, worker_execs, execution_head) then ok = 0
   end
   for _, target in ipairs(targets) do
     if ok == 1 and not writable(target[1], target[2]) then ok = 0 end
@@ -420,7 +447,7 @@ for j = 1, tonumber(ARGV[3]) do
   end
   out[j] = ok
   k = k + 14
-  a = a + 14
+  a = a + 16
 end
 return out
 """
@@ -440,55 +467,35 @@ return 1
 PRUNE_WORKER_MEMBERSHIPS = (
     _FENCE
     + _GUARDS
+    + WORKER_STILL_DEAD
     + """
--- Removes dead workers from worker sets, each only if its hash is still gone: a worker
--- restarting under the same name re-creates its hash and re-adds itself (register_birth).
--- ARGV: 1 token, 2 worker count, then per worker: its number of sets.
--- KEYS: 1 lease, then per worker: its hash key (which is also the set member), its sets.
--- Returns per worker 1 when it was removed from at least one set.
-local k, out = 2, {}
-for j = 1, tonumber(ARGV[2]) do
-  local worker, nsets = KEYS[k], tonumber(ARGV[2 + j])
-  local removed = 0
-  if redis.call('EXISTS', worker) == 0 then
-    for s = k + 1, k + nsets do
-      if writable(KEYS[s], 'set') then removed = removed + redis.call('SREM', KEYS[s], worker) end
-    end
-  end
-  out[j] = removed > 0 and 1 or 0
-  k = k + 1 + nsets
-end
-return out
-"""
-)
-
-DELETE_ZOMBIE_WORKERS = (
-    _FENCE
-    + _GUARDS
-    + """
--- Deletes TTL-less worker hashes of dead workers and removes them from their sets, each
--- only if the hash still has no TTL, the same last_heartbeat the plan judged, and no
--- subscriber on the worker's command channel. Redis-expiring hashes are never deleted.
--- ARGV: 1 token, 2 worker count, then per worker: number of sets, last_heartbeat seen
---   ('' when it had none), pubsub channel.
--- KEYS: 1 lease, then per worker: its hash key (also the set member), its sets.
+-- Removes dead workers from worker sets, each only if it is still dead for the same
+-- reason (worker_still_dead): a worker restarting under the same name re-creates its hash
+-- and re-adds itself (register_birth); a zombie hash is deleted too.
+-- ARGV: 1 token, 2 worker count, then per worker (5): its number of sets, dead reason
+--   ('hash_expired' or 'zombie'), last_heartbeat judged ('' when none), command channel,
+--   execution head.
+-- KEYS: 1 lease, then per worker: its hash key (which is also the set member), its
+--   executions set, its sets.
+-- Returns per worker 1 when it was handled: removed from at least one set, or its
+-- zombie hash deleted.
 local k, a, out = 2, 3, {}
 for j = 1, tonumber(ARGV[2]) do
-  local worker, nsets, heartbeat, channel = KEYS[k], tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2]
-  local ok = 0
-  if redis.call('TYPE', worker).ok == 'hash'
-    and redis.call('TTL', worker) == -1
-    and (redis.call('HGET', worker, 'last_heartbeat') or '') == heartbeat
-    and redis.call('PUBSUB', 'NUMSUB', channel)[2] == 0 then
-    redis.call('UNLINK', worker)
-    for s = k + 1, k + nsets do
-      if writable(KEYS[s], 'set') then redis.call('SREM', KEYS[s], worker) end
+  local worker, executions = KEYS[k], KEYS[k + 1]
+  local nsets, reason, heartbeat, channel, head = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  local done = 0
+  if worker_still_dead(worker, reason, heartbeat, channel, executions, head) then
+    if reason == 'zombie' then
+      redis.call('UNLINK', worker)
+      done = 1
     end
-    ok = 1
+    for s = k + 2, k + 1 + nsets do
+      if writable(KEYS[s], 'set') then done = done + redis.call('SREM', KEYS[s], worker) end
+    end
   end
-  out[j] = ok
-  k = k + 1 + nsets
-  a = a + 3
+  out[j] = done > 0 and 1 or 0
+  k = k + 2 + nsets
+  a = a + 5
 end
 return out
 """

@@ -243,11 +243,14 @@ class TestJobsAndPrefixes:
         """A killed worker's started job is never deleted as such; explain names the worker and recover_abandoned."""
         manifest = produce(redis_server.url, with_killed_worker=True)
         [worker] = manifest.dead_workers
-        r.delete(
-            KEYS.worker(worker)
-        )  # its hash expires within 90 s; do not wait for it
+        manifest.expire_worker(r, worker)  # its keys expire within 90 s; do not wait
         data = explain(r, Settings(), manifest.jobs["abandoned"][0], time.time())
-        assert data["worker"] == {"name": worker, "exists": False}
+        assert data["worker"] == {
+            "name": worker,
+            "exists": False,
+            "dead": True,
+            "reason": "hash_expired",
+        }
         assert data["registry"]["member"] is True
         assert "moves it to failed" in data["rq"]["reason"]
         assert "recover_abandoned (fail)" in data["janitor"]["reason"]

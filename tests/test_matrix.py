@@ -17,7 +17,6 @@ from tests.rqstate import produce
 from tests.servers import RedisServer, find_server_binaries
 from tests.snapshot import assert_unchanged, snapshot
 from tests.test_compat import LIVE, TERMINAL
-from tests.test_recover_abandoned import expire_dead_workers_keys
 
 pytestmark = pytest.mark.compat
 
@@ -84,7 +83,7 @@ def test_recover_on_every_server(
     """A SIGKILLed worker's job is failed on the second pass, on this server flavour."""
     manifest = produce(server.url, queue="matrix", with_killed_worker=True)
     try:
-        expire_dead_workers_keys(client, manifest)
+        manifest.expire_dead_workers(client)
         settings = Settings(
             retention=RetentionSettings(), rq=RqSettings(key_prefix=manifest.key_prefix)
         )

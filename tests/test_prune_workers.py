@@ -12,7 +12,7 @@ import redis
 from redis.client import PubSub
 from rq import Worker
 
-from janitor.actions import Action, DeleteZombieWorker, Fence, PruneWorkerSets
+from janitor.actions import Action, Fence, PruneDeadWorker
 from janitor.config import RqSettings, Settings
 from janitor.engine import RunReport
 from janitor.errors import LeadershipLost
@@ -134,9 +134,9 @@ class TestRealWorkers:
     ) -> None:
         """After a killed worker's hash expires, it leaves rq:workers and rq:workers:<q>; the live worker and its job stay."""
         [dead], [live] = workers.dead_workers, workers.workers
-        dead_key, live_key = KEYS.worker(dead), KEYS.worker(live)
-        # The dead worker's hash has a TTL of <= 90 s; DEL is what that expiry does, without the wait.
-        r.delete(dead_key)
+        live_key = KEYS.worker(live)
+        # The dead worker's keys have a TTL of <= 90 s; expire them without the wait.
+        workers.expire_worker(r, dead)
         [running] = workers.jobs["started"]
         started_before = r.zrange(KEYS.started("default"), 0, -1)
 
@@ -160,7 +160,7 @@ class TestRealWorkers:
         [dead] = workers.dead_workers
         dead_key = KEYS.worker(dead)
         # What the horse's HINCRBYs leave after the parent's hash expired: counters, no TTL, no heartbeat.
-        r.delete(dead_key)
+        workers.expire_worker(r, dead)
         r.hset(dead_key, "successful_job_count", "1")
         executions = KEYS.worker_executions(dead)
         had_executions = r.exists(executions)
@@ -183,7 +183,7 @@ def test_killed_worker_of_every_rq_version_is_pruned(
     manifest = produce(redis_server.url, rq_version=rq_version, with_killed_worker=True)
     [dead] = manifest.dead_workers
     keys = Keyspace(manifest.key_prefix)
-    r.delete(keys.worker(dead))  # simulates the expiry of its <= 90 s TTL
+    manifest.expire_worker(r, dead)  # simulates the expiry of its <= 90 s TTLs
     before = snapshot(r)
     _, dry = run(r, time.time(), dry_run=True)
     assert_unchanged(before, snapshot(r))
@@ -302,8 +302,8 @@ class TestRecheck:
         key = gone_worker(r, "phoenix", "default")
         actions = plan(r, time.time())
         Worker(["default"], name="phoenix", connection=r).register_birth()  # type: ignore[no-untyped-call]
-        writes = [cast("PruneWorkerSets", a.write) for a in actions]
-        assert PruneWorkerSets.apply_batch(r, writes, None, time.time()) == [False]
+        writes = [cast("PruneDeadWorker", a.write) for a in actions]
+        assert PruneDeadWorker.apply_batch(r, writes, None, time.time()) == [False]
         assert key.decode() in members(r, KEYS.workers("default"))
         assert key.decode() in members(r, KEYS.workers())
 
@@ -324,10 +324,31 @@ class TestRecheck:
             pubsub.subscribe(KEYS.pubsub_channel("z"))
             pubsub.get_message(timeout=1)
         try:
-            writes = [cast("DeleteZombieWorker", a.write) for a in actions]
-            assert DeleteZombieWorker.apply_batch(r, writes, None, now) == [False]
+            writes = [cast("PruneDeadWorker", a.write) for a in actions]
+            assert PruneDeadWorker.apply_batch(r, writes, None, now) == [False]
             assert r.exists(key)
             assert key.decode() in members(r, KEYS.workers("q"))
+        finally:
+            pubsub.close()
+
+    @pytest.mark.parametrize("change", ["listener", "live execution"])
+    def test_gone_worker_that_shows_life_after_planning_is_kept(
+        self, r: redis.Redis, change: str
+    ) -> None:
+        """A worker whose hash is gone keeps its memberships if its channel or an execution of it comes alive before the write."""
+        key = gone_worker(r, "horse", "default")
+        actions = plan(r, time.time())
+        pubsub = new_pubsub(r)
+        if change == "listener":
+            pubsub.subscribe(KEYS.pubsub_channel("horse"))
+            pubsub.get_message(timeout=1)
+        else:
+            r.sadd(KEYS.worker_executions("horse"), b"job1:exec1")
+            r.hset(KEYS.execution_of_member(b"job1:exec1"), "job_id", "job1")
+        try:
+            writes = [cast("PruneDeadWorker", a.write) for a in actions]
+            assert PruneDeadWorker.apply_batch(r, writes, None, time.time()) == [False]
+            assert key.decode() in members(r, KEYS.workers("default"))
         finally:
             pubsub.close()
 
@@ -337,9 +358,9 @@ class TestRecheck:
         r.set("janitor:leader", b"someone-else")
         actions = plan(r, time.time())
         before = snapshot(r)
-        writes = [cast("PruneWorkerSets", a.write) for a in actions]
+        writes = [cast("PruneDeadWorker", a.write) for a in actions]
         with pytest.raises(LeadershipLost):
-            PruneWorkerSets.apply_batch(r, writes, Fence(b"janitor:leader", b"mine"), 0)
+            PruneDeadWorker.apply_batch(r, writes, Fence(b"janitor:leader", b"mine"), 0)
         assert_unchanged(before, snapshot(r))
 
 

@@ -44,18 +44,6 @@ def recover(
     return [e for e in events if e["event"] == "job_abandoned"]
 
 
-def expire_dead_workers_keys(client: redis.Redis, manifest: Manifest) -> None:
-    """Let the killed worker's TTL'd keys expire now instead of in 90 s (Redis has no clock to move)."""
-    keys = Keyspace(manifest.key_prefix)
-    for name in manifest.dead_workers:
-        client.delete(keys.worker(name))
-    for job_id in manifest.ids("abandoned"):
-        for key in client.scan_iter(
-            match=f"{manifest.key_prefix}:execution:{job_id}:*"
-        ):
-            client.delete(key)
-
-
 @pytest.fixture
 def killed(redis_server: RedisServer, r: redis.Redis) -> Iterator[Manifest]:
     """RQ 3 state with a worker SIGKILLed mid-job and a live worker running another job."""
@@ -63,7 +51,7 @@ def killed(redis_server: RedisServer, r: redis.Redis) -> Iterator[Manifest]:
         redis_server.url, queue="work", with_killed_worker=True, with_started=True
     )
     try:
-        expire_dead_workers_keys(r, manifest)
+        manifest.expire_dead_workers(r)
         yield manifest
     finally:
         manifest.kill_workers()
@@ -180,7 +168,7 @@ def test_abandoned_job_of_every_rq_version(
         redis_server.url, rq_version=rq_version, queue="old", with_killed_worker=True
     )
     try:
-        expire_dead_workers_keys(r, manifest)
+        manifest.expire_dead_workers(r)
         (job_id,) = manifest.ids("abandoned")
         assert recover(r, manifest) == []
         assert [e["job_id"] for e in recover(r, manifest)] == [job_id]

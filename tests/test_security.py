@@ -14,7 +14,6 @@ import redis
 from tests.rqstate import MARKER, SECRET_ERROR, Manifest, produce
 from tests.servers import RedisServer
 from tests.test_cli import janitor
-from tests.test_recover_abandoned import expire_dead_workers_keys
 
 ACL_LINE = re.compile(r"^ACL SETUSER janitor .*$", re.MULTILINE)
 
@@ -50,7 +49,7 @@ def state(redis_server: RedisServer, r: redis.Redis) -> Iterator[Manifest]:
     """Real RQ 3 state with every job state and a SIGKILLed worker."""
     manifest = produce(redis_server.url, queue="secure", with_killed_worker=True)
     try:
-        expire_dead_workers_keys(r, manifest)
+        manifest.expire_dead_workers(r)
         yield manifest
     finally:
         manifest.kill_workers()

@@ -3,8 +3,9 @@
 A job counts as abandoned when all of this holds: its status is ``started``; its
 started-registry entry is past its deadline (RQ refreshes the deadline with every
 heartbeat, so a live worker keeps it in the future); the worker named in the job is
-gone (its hash expired) or a zombie (a hash without TTL whose heartbeat is older than
-``[workers] dead_after``); and on RQ 2+ the execution hash has expired. The first pass
+provably dead by ``liveness.judge`` (its hash expired, or a zombie past ``[workers]
+dead_after``, and in both cases nobody on its command channel and no live execution of
+it); and on RQ 2+ the job's own execution hash has expired. The first pass
 that sees this only records the job as a suspect under ``janitor:suspects:<q>``; the next
 pass acts when the evidence is unchanged, re-checking all of it atomically. That second
 look guards against a worker that re-registered in between.
@@ -22,7 +23,7 @@ from __future__ import annotations
 import base64
 import json
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -32,10 +33,10 @@ from janitor.jobs import (
     FieldError,
     format_rq_time,
     parse_int,
-    parse_rq_time,
     parse_text,
 )
 from janitor.keyspace import iter_queue_names, to_text
+from janitor.liveness import Recheck, judge, read_workers
 from janitor.tasks.base import TaskContext
 
 NAME = "recover_abandoned"
@@ -67,15 +68,6 @@ class _Started:
     execution_id: bytes | None
     fields: Sequence[bytes | None]
     suspect: bytes | None
-
-
-@dataclass(frozen=True, slots=True)
-class _Worker:
-    """What the janitor knows about the worker a job names."""
-
-    state: str
-    """``alive``, ``gone`` or ``zombie``."""
-    heartbeat: bytes
 
 
 class RecoverAbandoned:
@@ -112,7 +104,8 @@ class RecoverAbandoned:
     def _plan_page(
         self, ctx: TaskContext, queue: bytes, entries: Sequence[_Started]
     ) -> Iterator[Action | Skip]:
-        workers = _read_workers(ctx, entries)
+        names = [e.fields[2] for e in entries if e.fields[2]]
+        workers = read_workers(ctx.client, ctx.keys, names)
         live_executions = _live_executions(ctx, entries)
         new_suspects: list[tuple[bytes, bytes]] = []
         for entry in entries:
@@ -129,22 +122,19 @@ class RecoverAbandoned:
             if origin != to_text(queue) or not worker_name:
                 yield Skip(NAME, "started job names no worker or another queue", where)
                 continue
-            worker = workers[worker_name]
-            if worker.state == "alive":
+            worker = workers[cast("bytes", entry.fields[2])]
+            verdict = judge(worker, ctx.now, ctx.settings.workers.dead_after)
+            if not verdict.dead:
                 continue
+            recheck = Recheck.of(worker, verdict, ctx.keys)
             fingerprint = b"|".join(
-                [
-                    worker_name.encode(),
-                    entry.score,
-                    worker.state.encode(),
-                    worker.heartbeat,
-                ]
+                [worker_name.encode(), entry.score, recheck.reason, recheck.heartbeat]
             )
             if entry.suspect != fingerprint:
                 new_suspects.append((entry.member, fingerprint))
                 continue
             try:
-                yield self._recover(ctx, queue, entry, worker, fingerprint)
+                yield self._recover(ctx, queue, entry, recheck, fingerprint)
             except (FieldError, ValueError) as err:
                 yield Skip(NAME, f"unreadable retry fields: {err}", where)
         if new_suspects:
@@ -158,7 +148,7 @@ class RecoverAbandoned:
         ctx: TaskContext,
         queue: bytes,
         entry: _Started,
-        worker: _Worker,
+        worker: Recheck,
         fingerprint: bytes,
     ) -> Action:
         worker_name = cast("bytes", entry.fields[2])
@@ -189,7 +179,7 @@ class RecoverAbandoned:
                 keys.worker(worker_name),
                 keys.execution(entry.job_id, entry.execution_id or b""),
                 keys.executions(entry.job_id),
-                keys.worker_executions(worker_name),
+                worker.executions,
                 keys.abandoned_suspects(queue),
                 keys.failed(queue),
                 keys.queue(queue),
@@ -204,7 +194,7 @@ class RecoverAbandoned:
                 entry.job_id,
                 entry.execution_id or b"",
                 entry.score,
-                worker.state.encode(),
+                worker.reason,
                 worker.heartbeat,
                 fingerprint,
                 mode.encode(),
@@ -216,6 +206,8 @@ class RecoverAbandoned:
                 retries,
                 keys.queue(queue),
                 _failure_result(ctx.now) if entry.execution_id is not None else b"",
+                worker.channel,
+                worker.execution_head,
             ),
         )
         action = "failed" if mode == "fail" else "requeued"
@@ -257,38 +249,6 @@ def _read_entries(
             )
         )
     return entries
-
-
-def _read_workers(
-    ctx: TaskContext, entries: Sequence[_Started]
-) -> Mapping[str, _Worker]:
-    """Classify each worker named by the entries: alive, gone, or a zombie past ``dead_after``."""
-    names = sorted({to_text(e.fields[2]) for e in entries if e.fields[2]})
-    pipe = ctx.client.pipeline(transaction=False)
-    for name in names:
-        pipe.ttl(ctx.keys.worker(name))
-        pipe.hget(ctx.keys.worker(name), "last_heartbeat")
-    replies = pipe.execute(raise_on_error=False)
-    workers: dict[str, _Worker] = {}
-    for index, name in enumerate(names):
-        ttl, heartbeat = replies[2 * index], replies[2 * index + 1]
-        raw = heartbeat if isinstance(heartbeat, bytes) else b""
-        workers[name] = _Worker(_worker_state(ctx, ttl, raw), raw)
-    return workers
-
-
-def _worker_state(ctx: TaskContext, ttl: object, heartbeat: bytes) -> str:
-    if ttl == -2:  # noqa: PLR2004 - Redis's TTL reply for a missing key
-        return "gone"
-    if ttl != -1:
-        return "alive"  # a hash with a TTL is a live worker's (or expires on its own)
-    try:
-        beat = parse_rq_time(heartbeat)
-    except FieldError:
-        beat = None
-    if beat is None or ctx.now - beat > ctx.settings.workers.dead_after:
-        return "zombie"
-    return "alive"
 
 
 def _live_executions(ctx: TaskContext, entries: Sequence[_Started]) -> set[bytes]:

@@ -97,6 +97,24 @@ class Manifest:
         """Return an RQ key name under this manifest's prefix, e.g. ``key("failed:default")``."""
         return f"{self.key_prefix}:{suffix}"
 
+    def expire_worker(self, client: Any, name: str) -> None:
+        """Do now what Redis does about 90 s after a SIGKILLed worker's last heartbeat.
+
+        Its hash and the hashes of its executions expire (RQ gives both the heartbeat TTL);
+        RQ 3's executions set outlives them by 60 s, and so stays here.
+        """
+        worker = self.key(f"worker:{name}")
+        members = client.smembers(f"{worker}:executions")
+        client.delete(worker, *(self.key(f"execution:{m.decode()}") for m in members))
+        for job_id in self.jobs["abandoned"] if name in self.dead_workers else []:
+            for key in client.scan_iter(match=self.key(f"execution:{job_id}:*")):
+                client.delete(key)
+
+    def expire_dead_workers(self, client: Any) -> None:
+        """``expire_worker`` for every worker that ``produce`` SIGKILLed."""
+        for name in self.dead_workers:
+            self.expire_worker(client, name)
+
     def kill_workers(self) -> None:
         """SIGKILL the worker left running (and its work horse), and wait until they are gone. Idempotent."""
         for pid in self.worker_pids:
