@@ -11,7 +11,9 @@ Threads, and why each exists:
 A stop (SIGTERM or SIGINT) lets the running task finish its current batch, releases
 the lease, stops the HTTP server and exits 0, within ``SHUTDOWN_GRACE_S`` plus
 ``RELEASE_TIMEOUT_S`` (a watchdog enforces ``STOP_DEADLINE_S``); a second signal exits
-at once.
+at once. A normal stop returns from ``main``, so the interpreter exits as usual (atexit
+handlers run); ``os._exit`` is only for the watchdog and the second signal. Every other
+thread belongs to a run and ends with it (the engine's lease renewer).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import contextlib
 import json
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -152,14 +153,13 @@ class Daemon:
                 finished = self._shutdown()
         finally:
             self._audit.close()
+        if finished:
+            self._watchdog.cancel()
+        # Otherwise a task is stuck past the grace period: the interpreter waits for its
+        # thread at exit, and the watchdog ends the process at STOP_DEADLINE_S (the
+        # task's writes are fenced by the lease, which lapses by its TTL).
         if self._fatal is not None:
             raise self._fatal
-        if not finished or _lingering_threads():
-            # A task or a Redis call is stuck past the grace period; the interpreter
-            # would wait for that thread at exit, so leave without it (its writes are
-            # fenced by the lease, which lapses by its TTL).
-            _flush_and_exit(EXIT_OK)
-        self._watchdog.cancel()
         return EXIT_OK
 
     def _build_scheduler(self) -> BackgroundScheduler:
@@ -387,23 +387,3 @@ def _force_exit(signum: int) -> None:
     # os.write, not the logger: the interrupted main thread may hold the logger's lock.
     os.write(2, json.dumps(line).encode() + b"\n")
     os._exit(128 + signum)
-
-
-def _lingering_threads() -> list[threading.Thread]:
-    """Threads that would keep the interpreter from exiting, after a short wait for them."""
-    deadline = time.monotonic() + 0.5
-    lingering = []
-    for thread in threading.enumerate():
-        if thread is threading.main_thread() or thread.daemon:
-            continue
-        thread.join(max(deadline - time.monotonic(), 0))
-        if thread.is_alive():
-            lingering.append(thread)
-    return lingering
-
-
-def _flush_and_exit(code: int) -> None:
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
-            stream.flush()
-    os._exit(code)

@@ -48,6 +48,8 @@ class TaskReport:
     skipped: int
     duration_s: float
     error: str | None = None
+    lease_lost: bool = False
+    """The task stopped because the lease was lost (or the daemon is stopping): the run ends."""
 
 
 @dataclass(frozen=True)
@@ -110,12 +112,9 @@ def run_once(  # noqa: PLR0913 - every flag is keyword-only and named for what i
                 name, context, audit, dry_run=dry_run, lease=lease, now=now
             )
         reports.append(report)
-        if report.error == _LEASE_LOST:
+        if report.lease_lost:
             return RunReport(run_id, dry_run, tuple(reports), lease_lost=True)
     return RunReport(run_id, dry_run, tuple(reports))
-
-
-_LEASE_LOST = "LeadershipLost"
 
 
 def _run_task(  # noqa: PLR0913 - keyword-only flags
@@ -130,12 +129,13 @@ def _run_task(  # noqa: PLR0913 - keyword-only flags
     started = time.monotonic()
     runner = _Runner(context, audit, dry_run=dry_run, lease=lease, now=now)
     error: str | None = None
+    lease_lost = False
     try:
         runner.run(_plan(TASKS[name], context))
     except LeadershipLost as err:
-        error = _LEASE_LOST
+        error, lease_lost = f"LeadershipLost: {err}", True
         log.error("leadership_lost", task=name, reason=str(err))  # noqa: TRY400 - an expected state, no traceback
-        audit.emit("task_failed", error=f"LeadershipLost: {err}")
+        audit.emit("task_failed", error=error)
     except (
         Exception
     ) as err:  # one broken task must not stop the others (logged, audited)
@@ -145,7 +145,7 @@ def _run_task(  # noqa: PLR0913 - keyword-only flags
     duration = time.monotonic() - started
     counts = dict(runner.counts)
     audit.emit("run_finished", counts=counts, duration_s=round(duration, 3))
-    return TaskReport(name, counts, runner.skipped, duration, error)
+    return TaskReport(name, counts, runner.skipped, duration, error, lease_lost)
 
 
 def _plan(task: Task, context: TaskContext) -> Iterable[Action | Skip | Decision]:
@@ -163,7 +163,8 @@ class _Runner:
     ``DECISIONS_IN_FLIGHT`` decision pages are sent ahead, so Redis runs one while the
     janitor audits the one before and prepares the next; pages are small enough that
     at most ``BATCH_SIZE`` jobs are ever deleted without their audit lines yet written.
-    The lease is renewed in the background meanwhile; the write scripts check it anyway.
+    The lease is renewed in the background meanwhile, by a thread of the run's own that
+    ends with it; the write scripts check the lease anyway.
     """
 
     def __init__(
@@ -191,21 +192,35 @@ class _Runner:
         """When the last decision's answer arrived: the next one's work starts there."""
         self.confirmed = False
         self.renewal: Future[None] | None = None
+        self.renewer: ThreadPoolExecutor | None = None
+        """The run's own renewal thread, made on first use and shut down with the run."""
 
     def run(self, items: Iterable[Action | Skip | Decision]) -> None:
-        """Apply every item of a plan."""
+        """Apply every item of a plan.
+
+        Pages in flight always get their answers and audit lines. When the plan itself
+        failed, that failure is what the task reports: an error while draining the
+        pages is added to it as a note, not raised in its place.
+        """
         try:
-            for item in items:
-                if isinstance(item, Action):
-                    self._add(item)
-                elif isinstance(item, Skip):
-                    self._skip(item)
-                else:
-                    self._send(item)
+            try:
+                for item in items:
+                    if isinstance(item, Action):
+                        self._add(item)
+                    elif isinstance(item, Skip):
+                        self._skip(item)
+                    else:
+                        self._send(item)
+            except BaseException as failure:
+                try:
+                    self._drain()
+                except Exception as err:  # noqa: BLE001 - the plan's failure is the one to raise
+                    failure.add_note(f"while reading the pages in flight: {err!r}")
+                raise
+            self._drain()
         finally:
-            self._drain()  # pages in flight get their answers and audit lines, always
-            if self.renewal is not None:
-                self.renewal.exception()  # wait; a lost lease is the next task's news
+            if self.renewer is not None:
+                self.renewer.shutdown(wait=True)  # a lost lease is the next task's news
         self._flush()
 
     def _add(self, action: Action) -> None:
@@ -261,7 +276,9 @@ class _Runner:
         elif self.renewal is None or self.renewal.done():
             if self.renewal is not None:
                 self.renewal.result()  # raises LeadershipLost
-            self.renewal = _RENEWER.submit(self.lease.confirm)
+            if self.renewer is None:
+                self.renewer = ThreadPoolExecutor(1, thread_name_prefix="janitor-lease")
+            self.renewal = self.renewer.submit(self.lease.confirm)
         return self.lease.fence
 
     def _finish_oldest(self) -> None:
@@ -300,14 +317,16 @@ class _Runner:
             self.counts.update(event for event, _ in events)
 
 
-_RENEWER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="janitor-lease")
-"""Renews the lease while pages are in flight (a renewal waits behind them in Redis)."""
-
-
 def _apply(
     client: redis.Redis, actions: Sequence[Action], lease: Lease | None, now: float
 ) -> list[Action]:
-    """Apply a batch: confirm the lease, then one script call per kind of write."""
+    """Apply a batch: confirm the lease, then one script call per run of one kind of write.
+
+    Writes keep the plan's order: consecutive writes of one kind share a call
+    (``groupby``, never a sort), so a task can rely on the order it planned.
+    ``clean_registries`` does: it takes a queue's marker, cleans, then gives the marker
+    back, three kinds of write that must reach Redis in that order.
+    """
     fence: Fence | None = None
     if lease is not None:
         lease.confirm()
