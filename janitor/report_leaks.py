@@ -1,12 +1,12 @@
 """The report's leaks: RQ state nobody will ever clean, found by bounded reads.
 
-Five kinds (rq-keyspace.md §4.5): keys without a TTL that should have one, registry
-ids whose job is gone, dead workers still listed, failure result streams without a
-TTL, and queues no worker serves. Workers come from ``rq:workers`` and the per-queue
-sets of the reported queues (each read up to a bound); keys that no RQ index lists
-(result streams, dependency sets, worker hashes outside the sets) from one SCAN of the
-RQ prefix with COUNT, stopped after ``SCAN_CALLS`` calls. Only names, types, TTLs and
-a worker's ``queues`` and ``last_heartbeat`` are read; never a stream's entries.
+Five kinds (docs/keyspace.md, "Leaks RQ leaves"): keys without a TTL that should have
+one, registry ids whose job is gone, dead workers still listed, failure result streams
+without a TTL, and queues no worker serves. Workers come from ``rq:workers`` and the
+per-queue sets of the reported queues (each read up to a bound); keys that no RQ index
+lists (result streams, dependency sets, worker hashes outside the sets) from one SCAN of
+the RQ prefix with COUNT, stopped after ``SCAN_CALLS`` calls. Only names, types, TTLs
+and a worker's ``queues`` and ``last_heartbeat`` are read; never a stream's entries.
 """
 
 from __future__ import annotations

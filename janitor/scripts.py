@@ -587,7 +587,8 @@ CLEAN_REGISTRY_ENTRIES = (
 --   gone:   ZREM member if its score is unchanged and its job hash is still missing.
 --   wip:    ZREM a started member scored in [0, score] if no job hash exists under
 --           either reading of it (1.x '<id>', 2.x '<id>:<exec>'), or its job is
---           terminal and (2.x) the execution hash is gone (rq-keyspace.md 9.3).
+--           terminal and (2.x) the execution hash is gone (docs/keyspace.md,
+--           "Registry entries and side keys", item 2).
 local terminal = {finished = true, failed = true, stopped = true, canceled = true}
 local function is_terminal(job)
   local status = read('HGET', job, 'status')

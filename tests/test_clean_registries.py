@@ -234,7 +234,10 @@ class TestScheduled:
 
 
 class TestStarted:
-    """Started-registry members: only the two exceptions of rq-keyspace.md §9.3."""
+    """Started-registry members: only the two exceptions of docs/keyspace.md.
+
+    See "Registry entries and side keys", item 2 there.
+    """
 
     def test_only_expired_stale_members_go(
         self, r: redis.Redis, queue: Queue, clock: Clock

@@ -1,7 +1,8 @@
 """Task ``clean_registries``: RQ's own registry hygiene for queues that no live worker serves.
 
-A worker cleans the registries of the queues it serves (rq-keyspace.md §4.2, §6.2), so
-the registries of a queue nobody serves any more leak (§4.5 item 7). For each queue in
+A worker cleans the registries of the queues it serves (docs/keyspace.md, "Registry
+cleaning by RQ" and "How workers use the marker"), so the registries of a queue nobody
+serves any more leak (docs/keyspace.md, "Leaks RQ leaves", item 7). For each queue in
 ``rq:queues`` that the allowlist admits and that no live worker serves (no member of
 ``rq:workers:<q>`` whose hash exists), the task plans, each removal re-checked in Lua at
 write time (``scripts.CLEAN_REGISTRY_ENTRIES``):
@@ -12,27 +13,30 @@ write time (``scripts.CLEAN_REGISTRY_ENTRIES``):
   deferred registries. From the scheduled registry only entries more than
   ``SCHEDULED_GRACE_S`` overdue that were already seen dangling, with the same score, at
   least ``SECOND_LOOK_S`` before: RQ ZADDs a scheduled id before it writes the job hash
-  (§9.3). The first sighting is janitor state (``Keyspace.scheduled_sighting``, a day's TTL).
-* ``wip``: only §9.3's two exceptions, for started-registry members scored in [0, now]:
-  no job hash under either reading of the member (1.x ``<id>``, 2.x ``<id>:<exec>``; no
-  layout guess needed), or the job is terminal and, for 2.x, its execution hash is gone
-  (rq#2424, what RQ 3.0 does). Abandoned started jobs are ``recover_abandoned``'s.
+  (docs/keyspace.md, "Registry entries and side keys", item 3). The first sighting is
+  janitor state (``Keyspace.scheduled_sighting``, a day's TTL).
+* ``wip``: only the two exceptions (docs/keyspace.md, "Registry entries and side
+  keys", item 2), for started-registry members scored in [0, now]: no job hash under
+  either reading of the member (1.x ``<id>``, 2.x ``<id>:<exec>``; no layout guess
+  needed), or the job is terminal and, for 2.x, its execution hash is gone (rq#2424,
+  what RQ 3.0 does). Abandoned started jobs are ``recover_abandoned``'s.
 
-The marker (§6.3). Planning only reads. Per queue with something to clean the plan
-yields: take ``rq:clean_registries:<q>`` (``SET <token> NX EX MARKER_TTL_S``, one random
-token per run), the hygiene writes, then give it back (DEL only while it still holds the
-token). Every hygiene write refuses unless the marker holds the token, so if a worker
-took the marker between plan and apply nothing is written. The marker has its TTL from
-birth, so a crash leaves it for at most ``MARKER_TTL_S``. A queue whose marker is held at
-planning time is skipped, never waited for: on RQ <= 1.15 workers never release it
-(899 s). A dry run applies nothing, the marker included. A queue with nothing to clean is
-not touched.
+The marker (docs/keyspace.md, "Marker rules for the janitor"). Planning only reads.
+Per queue with something to clean the plan yields: take ``rq:clean_registries:<q>``
+(``SET <token> NX EX MARKER_TTL_S``, one random token per run), the hygiene writes, then
+give it back (DEL only while it still holds the token). Every hygiene write refuses
+unless the marker holds the token, so if a worker took the marker between plan and apply
+nothing is written. The marker has its TTL from birth, so a crash leaves it for at most
+``MARKER_TTL_S``. A queue whose marker is held at planning time is skipped, never waited
+for: on RQ <= 1.15 workers never release it (899 s). A dry run applies nothing, the
+marker included. A queue with nothing to clean is not touched.
 
 Events: ``marker_refreshed`` (``queue``) when the janitor gave back the marker it took,
-i.e. the queue's hygiene ran under it. Removed entries get no audit event (style.md §4
-open point 3): they are the queue's hygiene, audited by that one line; a line per id
-could be huge, and ``orphan_deleted`` means a deleted key. A real run reports their
-number on the operational log as ``registry_entries_removed`` (queue, registry, count).
+i.e. the queue's hygiene ran under it. Removed entries get no audit event of their own
+(docs/contract.md names no event for a removed registry entry): they are the queue's
+hygiene, audited by that one line; a line per id could be huge, and ``orphan_deleted``
+means a deleted key. A real run reports their number on the
+operational log as ``registry_entries_removed`` (queue, registry, count).
 """
 
 from __future__ import annotations
@@ -65,7 +69,8 @@ NAME = "clean_registries"
 MARKER_TTL_S = 60
 """How long the marker may outlive a janitor that died holding it (workers use 899 s)."""
 SCHEDULED_GRACE_S = 300
-"""A dangling scheduled id must be overdue by this much (rq-keyspace.md §9.3)."""
+"""A dangling scheduled id must be overdue by this much (docs/keyspace.md, "Registry
+entries and side keys", item 3)."""
 SECOND_LOOK_S = 60
 """...and have been seen dangling at least this long before, on an earlier pass."""
 SIGHTING_TTL_S = 86_400
@@ -334,7 +339,10 @@ class _QueuePlan:
             )
 
     def _started(self, key: bytes) -> None:
-        """Expired started members under §9.3's exceptions (hash gone, or terminal and no execution)."""
+        """Expired started members under the two exceptions (hash gone, or terminal and no execution).
+
+        See docs/keyspace.md, "Registry entries and side keys", item 2.
+        """
         for page in self._pages(key):
             expired = list(dict(e for e in page if 0 <= _score(e[1]) <= self.ctx.now))
             pipe = self.ctx.client.pipeline(transaction=False)

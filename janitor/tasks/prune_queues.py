@@ -1,8 +1,9 @@
 """Task ``prune_queues``: remove queues that stayed empty everywhere from ``rq:queues``.
 
 RQ adds a queue to ``rq:queues`` on every enqueue and removes it only in
-``Queue.delete()``, so every queue ever used stays listed (rq-keyspace.md §4.5 item 7).
-actinia's per_job queues (``job_queue_resource_id-<uuid>``), one per job, pile up there.
+``Queue.delete()``, so every queue ever used stays listed (docs/keyspace.md, "Leaks RQ
+leaves", item 7). actinia's per_job queues (``job_queue_resource_id-<uuid>``), one per
+job, pile up there.
 
 A queue is empty when none of its keys exists: the list, the intermediate list, every
 registry (started, finished, failed, deferred, scheduled, canceled, RQ 3's ready) and the

@@ -1,11 +1,13 @@
 """Task ``sweep_orphans``: delete TTL-less keys that belong to no job, found by a resumable SCAN.
 
-RQ leaves these behind (rq-keyspace.md §4.5, §9.3, §9.7 items 4 and 6); each is deleted
-only if it has no TTL (a key with one expires by itself) and, re-checked atomically in
-Lua at write time (``scripts.DELETE_ORPHANS``), its owner job is gone:
+RQ leaves these behind (docs/keyspace.md: "Leaks RQ leaves"; "Registry entries and side
+keys", items 7 and 8; "Passes and the tasks that run them", items 4 and 6); each is
+deleted only if it has no TTL (a key with one expires by itself) and, re-checked
+atomically in Lua at write time (``scripts.DELETE_ORPHANS``), its owner job is gone:
 
 * ``results``: ``rq:results:<id>`` streams whose job hash is missing, the failure-result
-  leak (§4.5 items 1 and 2). A stream whose job exists is ``expire_jobs``' business.
+  leak (docs/keyspace.md, "Leaks RQ leaves", items 1 and 2). A stream whose job exists
+  is ``expire_jobs``' business.
 * ``dependents``: ``rq:job:<id>:dependents`` whose job is missing and whose listed
   children are all missing or terminal (at most ``MAX_CHILDREN_CHECKED`` are read).
 * ``dependencies``: ``rq:job::<id>:dependencies`` (RQ's double colon) whose job is missing.
@@ -13,7 +15,8 @@ Lua at write time (``scripts.DELETE_ORPHANS``), its owner job is gone:
   whose job is missing (RQ gives both a TTL; only TTL-less leftovers are judged).
 * ``ghost_job``: ``rq:job:<id>`` hashes without a ``data`` field (``HEXISTS``; payloads
   are never read) whose ``last_heartbeat`` is older than ``GHOST_MIN_AGE_S``, or which
-  have neither a heartbeat nor a status (#1450, §4.5 item 8, §9.1 rule 6).
+  have neither a heartbeat nor a status (rq#1450; docs/keyspace.md, "Leaks RQ leaves",
+  item 8, and "Deleting job hashes", rule 6).
 
 Keys are classified by ``TYPE`` and by the templates of ``Keyspace``'s builders
 (``keyspace.id_in``), never by splitting on ``:``: ids may contain it before RQ 2.1.
@@ -57,7 +60,8 @@ KEYS_PER_RUN = 10_000
 CURSOR_TTL_S = 7 * 86_400
 """A cursor unused for a week is dropped and the SCAN starts over (the default runs daily)."""
 GHOST_MIN_AGE_S = 600
-"""A data-less job hash with a younger heartbeat may still be in flight (§9.1 rule 6)."""
+"""A data-less job hash with a younger heartbeat may still be in flight (docs/keyspace.md,
+"Deleting job hashes", rule 6)."""
 GHOST_FIELDS = ("status", "last_heartbeat", "origin")
 """The only job hash fields read from a ghost candidate."""
 
