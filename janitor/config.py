@@ -9,6 +9,7 @@ from typing import Any, cast
 
 from janitor.config_text import render_settings
 from janitor.errors import ConfigError
+from janitor.jobs import TERMINAL_STATUSES
 from janitor.secret import Secret
 from janitor.sources import (
     Entry,
@@ -66,7 +67,7 @@ __all__ = [
     "render_settings",
 ]
 
-TERMINAL_STATES = ("finished", "failed", "stopped", "canceled")
+TERMINAL_STATES = TERMINAL_STATUSES
 """The job states whose retention the config sets, in the contract's order."""
 
 TASK_NAMES = (

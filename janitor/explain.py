@@ -14,8 +14,10 @@ from typing import Any, cast
 
 import redis
 
+from janitor import expiry as expiry_rules
 from janitor.config import TERMINAL_STATES, Settings
 from janitor.errors import NoSuchJob
+from janitor.expiry import terminal_end
 from janitor.jobs import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL, has_waiting_children
 from janitor.keyspace import Keyspace, to_text
 from janitor.liveness import Verdict, WorkerFacts, judge, read_workers
@@ -25,7 +27,6 @@ from janitor.report_queues import ENDED
 from janitor.report_read import (
     JobInfo,
     read_jobs,
-    terminal_end,
 )
 from janitor.values import format_duration
 
@@ -33,10 +34,7 @@ SCHEMA = "rq-janitor.explain/1"
 """The ``schema`` value of ``explain --json``."""
 
 REGISTRY_OF = {
-    "finished": "finished",
-    "failed": "failed",
-    "stopped": "failed",
-    "canceled": "canceled",
+    **expiry_rules.REGISTRY_OF,
     "started": "started",
     "deferred": "deferred",
     "scheduled": "scheduled",
@@ -361,14 +359,20 @@ def _janitor_deletion(facts: _Facts) -> tuple[float | None, str]:
     status = cast("str", facts.job.status)
     retention = cast("Retention", facts.retention)
     limit = retention.keep_last
-    if limit is not None and facts.newer_same is not None and facts.newer_same >= limit:
+    capped = (
+        limit is not None and facts.newer_same is not None and facts.newer_same >= limit
+    )
+    end = terminal_end(REGISTRY_OF[status], facts.score, facts.job)
+    verdict = expiry_rules.expiry(
+        end=end, retention=retention, capped=capped, now=facts.now
+    )
+    if verdict.due and verdict.rule == retention.cap_rule:
         return (
             facts.now,
             f"beyond the newest {limit} {status} jobs of its queue ({retention.cap_rule}): at the next expire_jobs run",
         )
-    end = cast("float", terminal_end(REGISTRY_OF[status], facts.score, facts.job))
-    at = end + retention.max_age_s
+    at = cast("float", verdict.at)
     reason = f"{format_duration(retention.max_age_s)} after it {ENDED[status]} ({retention.age_rule})"
-    if at <= facts.now:
+    if verdict.due:
         reason += ": overdue, at the next expire_jobs run"
     return at, reason

@@ -29,8 +29,9 @@ LIVE_STATUSES = frozenset(
     }
 )
 """Statuses of jobs that are waiting or running; the janitor never deletes these."""
-TERMINAL_STATUSES = frozenset({"finished", "failed", "stopped", "canceled"})
-"""Statuses after which RQ will not run a job again unless asked to."""
+TERMINAL_STATUSES: tuple[str, ...] = ("finished", "failed", "stopped", "canceled")
+"""Statuses after which RQ will not run a job again unless asked to: the one list of them
+(config's retention keys, the tasks, report and explain all use it), in the contract's order."""
 _TERMINAL_RAW = frozenset(status.encode() for status in TERMINAL_STATUSES)
 
 MAX_CHILDREN_CHECKED = 100

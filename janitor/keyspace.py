@@ -226,14 +226,6 @@ class Keyspace:
         """``janitor:memo:<parts>``: a write script's remembered reply (120-second TTL)."""
         return Keyspace.janitor_key("memo", *parts)
 
-    @staticmethod
-    def expire_walk(run: str) -> bytes:
-        """``janitor:walk:<run>``: where each registry's walk in one expire_jobs run stands.
-
-        A hash (registry -> cursor, or ``done``) with a 10-minute TTL; the run deletes it.
-        """
-        return Keyspace.janitor_key("walk", run)
-
     def scheduled_sighting(self, job_id: str | bytes) -> bytes:
         """``janitor:clean_registries:scheduled:<prefix>:<id>``: a dangling scheduled id's first sighting.
 

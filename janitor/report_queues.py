@@ -17,6 +17,7 @@ from typing import Any
 import redis
 
 from janitor.config import TERMINAL_STATES, Settings
+from janitor.expiry import expiry, terminal_end
 from janitor.jobs import has_waiting_children
 from janitor.keyspace import Keyspace, iter_queue_names, to_text
 from janitor.policy import QueueFilter, retention_for
@@ -29,7 +30,6 @@ from janitor.report_read import (
     read_collection,
     sample_ranks,
     since,
-    terminal_end,
 )
 from janitor.values import format_duration
 
@@ -369,8 +369,9 @@ def _janitor_columns(
             else round((coll.total - 1 - entry.rank) * share)
         )
         capped = retention.keep_last is not None and newer >= retention.keep_last
-        if capped or scope.now - end >= retention.max_age_s:
-            overdue.append((entry, scope.now - end))
+        verdict = expiry(end=end, retention=retention, capped=capped, now=scope.now)
+        if verdict.due:
+            overdue.append((entry, max(0.0, scope.now - end)))
     ages = [age for _, age in _not_kept(scope, row.state, overdue)]
     row.backlog_count = len(ages)
     row.backlog_oldest_age_s = max(ages, default=None)

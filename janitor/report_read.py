@@ -9,23 +9,22 @@ entry read, only lifecycle fields of the job hash are read (HMGET, never ``data`
 ``exc_info``, ``meta`` or results), with the hash's PTTL and the number of dependents.
 
 Nothing here writes, and nothing calls RQ's API, whose registry counts clean as a side
-effect (rq-keyspace.md §4.2).
+effect (docs/keyspace.md, "Registry cleaning by RQ").
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
 import redis
 
+from janitor.expiry import terminal_end
 from janitor.jobs import (
     JOB_FIELDS,
     FieldError,
     JobFields,
-    entered_failed_registry,
     parse_int,
     parse_rq_time,
 )
@@ -237,22 +236,6 @@ def parse_job(
             dependents=children,
             unreadable=str(err),
         )
-
-
-def terminal_end(kind: str, score: float | None, job: JobInfo) -> float | None:
-    """When a terminal job ended, as ``expire_jobs`` measures its age.
-
-    ``ended_at``; where RQ leaves it empty, the cancel time (the canceled registry's
-    score), or for a failed job the time it entered the failed registry (score minus
-    its failure TTL), else its last heartbeat.
-    """
-    ended = job.ended_at
-    usable = score is not None and score >= 0 and not math.isinf(score)
-    if ended is None and kind == "canceled" and usable:
-        ended = score
-    if ended is None and kind == "failed" and score is not None:
-        ended = entered_failed_registry(score, job.failure_ttl) or job.last_heartbeat
-    return ended
 
 
 def since(state: str, kind: str, score: float | None, job: JobInfo) -> float | None:

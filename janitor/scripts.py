@@ -19,8 +19,6 @@ end
 
 MEMO_TTL_S = 120
 """How long a batch's replies are kept, so a retried call returns them instead of re-running."""
-WALK_TTL_S = 600
-"""How long the cursors of a janitor that stopped mid-run are kept (a finished run deletes them)."""
 
 
 def memoized(source: str) -> str:
@@ -196,21 +194,18 @@ EXPIRE_TERMINAL_JOBS = (
 -- cheaper than ZSCAN); its cursor is the rank to go on from and the last entry it kept,
 -- whose rank is looked up again, so entries that others add or remove meanwhile shift
 -- nothing. (Only if that entry left too, entries before the cursor that left may make
--- the walk pass over as many: the next run gets them.) When it deletes, the script keeps
--- each registry's cursor in a hash of the run's own ('done' when finished), so the
--- janitor can send the next page before this one has answered: whichever runs first
--- takes the next entries. A dry run writes nothing, and passes the cursors itself.
+-- the walk pass over as many: the next run gets them.) Every page answers each
+-- registry's next cursor, and the next page starts from it, in a real and a dry run
+-- alike: the same code, a dry run only does not write.
 -- ARGV: 1 token, 2 '1' to delete ('0' only judges: a dry run), 3 budget (entries to walk
 --   at most, overrun by at most one small registry), 4 to 13 head and tail of: job hash,
 --   dependents, dependencies, results, executions; 14 registry count, then per registry:
---   origin, cursor ('0' to start; when deleting, the walk's hash overrides it), status
---   count, then per status: status, cutoff (RQ's
---   time format: an ended_at at or before it is past the age rule), young (at or after
---   it, 5 us after the cutoff, it is not; in between only the planner's own float
---   arithmetic can tell), capped ('1' when a keep_last cap applies to the status).
--- KEYS: 1 lease, 2 the walk's hash (registry -> cursor; untouched in a dry run), then
---   per registry: registry, started registry; then the memo keys of answered pages, which
---   no retry can need any more: deleted here, instead of in a command of their own.
+--   origin, cursor ('0' to start), status count, then per status: status, cutoff
+--   (expiry.cutoff_text: an ended_at at or before it is past the age rule, exactly as
+--   expiry.past_age decides), capped ('1' when a keep_last cap applies to the status).
+-- KEYS: 1 lease, then per registry: registry, started registry; then the memo keys of
+--   answered pages, which no retry can need any more: deleted here, instead of in a
+--   command of their own.
 -- Returns {cursors, found, slow}: per registry its next cursor ('0' done, '-' not reached
 --   within the budget, 'x' not a sorted set, then nothing after it is walked either, or
 --   its started registry is not one: plan it the ordinary way); per registry one string of what was deleted (in a dry run: would
@@ -220,8 +215,8 @@ EXPIRE_TERMINAL_JOBS = (
 local apply, budget = ARGV[2] == '1', tonumber(ARGV[3])
 local jh, jt, dh, dt, ph, pt = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local rh, rt, eh, et = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
-local nreg, a, judged, walk, stopped = tonumber(ARGV[14]), 15, 0, KEYS[2], false
-if apply and #KEYS > 2 + 2 * nreg then redis.call('UNLINK', unpack(KEYS, 3 + 2 * nreg, #KEYS)) end
+local nreg, a, judged, stopped = tonumber(ARGV[14]), 15, 0, false
+if apply and #KEYS > 1 + 2 * nreg then redis.call('UNLINK', unpack(KEYS, 2 + 2 * nreg, #KEYS)) end
 local cursors, found, slow, ns = {}, {}, {}, 0
 -- A job's dependents and execution registry: whether both read, and their sizes.
 local function side(dependents, executions)
@@ -263,8 +258,8 @@ local function judge(r, registry, started, origin, states, members, items, out, 
           if not plain then readable, deps, execs = side(dh .. id .. dt, eh .. id .. et) end
           if not readable then code = '?'
           elseif ended > state[2] then
-            -- younger: kept, unless a cap applies or it is within 5 us of the cutoff
-            if not state[4] and ended >= state[3] then code = '-' end
+            -- younger: kept, unless a cap applies (the planner places it)
+            if not state[3] then code = '-' end
           elseif (not h[4] or h[4] == '') and execs == 0 and (deps == 0 or h[1] == 'finished') then
             local running
             if members then running = members[id]
@@ -314,26 +309,22 @@ local function judge(r, registry, started, origin, states, members, items, out, 
   return n, kept, last
 end
 for r = 1, nreg do
-  local registry, started = KEYS[2 * r + 1], KEYS[2 * r + 2]
+  local registry, started = KEYS[2 * r], KEYS[2 * r + 1]
   local origin, cursor, nstates = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
-  if apply then cursor = redis.call('HGET', walk, registry) or cursor end
   local states = {}
   a = a + 3
   for s = 1, nstates do
-    states[ARGV[a]] = {string.char(96 + s), ARGV[a + 1], ARGV[a + 2], ARGV[a + 3] == '1'}
-    a = a + 4
+    states[ARGV[a]] = {string.char(96 + s), ARGV[a + 1], ARGV[a + 2] == '1'}
+    a = a + 3
   end
   found[r] = ''
-  if cursor == 'done' then
-    cursors[r] = '0'
-  elseif judged >= budget or stopped then
+  if judged >= budget or stopped then
     cursors[r] = '-'
   elseif not writable(registry, 'zset') then
     -- the ordinary plan fails the task here, before the registries after it: so does this
     cursors[r], stopped = 'x', true
   elseif not writable(started, 'zset') then
     cursors[r] = 'x'
-    if apply then redis.call('HSET', walk, registry, 'done') end
   else
     -- A started registry holds the running jobs: usually few, read once into a table.
     local members
@@ -360,12 +351,8 @@ for r = 1, nreg do
     until done or judged >= budget
     cursors[r] = done and '0' or (start .. ' ' .. (anchor or ''))
     found[r] = table.concat(out)
-    if apply then redis.call('HSET', walk, registry, done and 'done' or cursors[r]) end
   end
 end
-if apply then redis.call('EXPIRE', walk, """
-    + str(WALK_TTL_S)
-    + """) end
 return {cursors, found, slow}
 """
 )

@@ -1,19 +1,19 @@
 """The fast path of ``expire_jobs``: one script per page scans, judges and deletes the plain cases.
 
 ``scripts.EXPIRE_TERMINAL_JOBS`` walks registries itself, judges each entry by the
-retention in the same atomic step as its delete, and answers back anything that is not
-plainly past or short of its age rule; those go to ``expire_jobs``' ordinary planner
-(``DELETE_TERMINAL_JOBS`` with its re-checks). The next page is sent as soon as the
-previous one's answer arrives, before that answer is audited, so Redis runs one page while
-the janitor audits the one before; ``tests/test_expire_fast_path.py`` proves both paths
-end in the same state with the same audit lines.
+retention in the same atomic step as its delete (the cutoff of ``expiry``, in RQ's time
+format), and answers back anything that is not plainly past or short of its age rule;
+those go to ``expire_jobs``' ordinary planner (``DELETE_TERMINAL_JOBS`` with its
+re-checks). Each page starts where the answer of the one before left off, in a real and a
+dry run alike; it is sent as soon as that answer arrives, before the answer is audited,
+so Redis runs one page while the janitor audits the one before.
+``tests/test_expire_fast_path.py`` proves both paths end in the same state with the same
+audit lines.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
-import math
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,16 +23,17 @@ from typing import TYPE_CHECKING, Any, cast
 
 import redis
 from redis.connection import Connection
+from redis.exceptions import NoScriptError
 
 from janitor import scripts
 from janitor.actions import Action, Fence, Skip
 from janitor.audit import EventRows
 from janitor.connection import checkout
 from janitor.errors import LeadershipLost
+from janitor.expiry import cutoff, cutoff_text
 from janitor.jobs import rq_epoch
 from janitor.keyspace import Keyspace, to_text
-from janitor.tasks.base import DECISIONS_IN_FLIGHT, Decided, TaskContext
-from janitor.wire import Call, resp
+from janitor.tasks.base import Decided, TaskContext
 
 CapBoundary = tuple[float, bytes]
 """The (score, member) of the newest entry *beyond* a keep_last cap is at or below this."""
@@ -79,31 +80,6 @@ def key_templates(keys: Keyspace) -> list[bytes]:
     return templates
 
 
-_EPOCH = dt.datetime(1970, 1, 1)  # noqa: DTZ001 - naive on purpose: only formatted, as UTC
-_ALWAYS = 9_000_000_000_000_000
-"""Microseconds past every ended_at the script accepts (it accepts years up to 2200)."""
-
-
-def _rq_text(micros: int) -> bytes:
-    """``micros`` since the epoch in RQ's time format (exact: integer arithmetic)."""
-    moment = _EPOCH + dt.timedelta(microseconds=micros)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
-
-
-def cutoffs(now: float, max_age_s: int) -> tuple[bytes, bytes]:
-    """The latest ended_at past ``max_age_s``, and the first one plainly not, in RQ's format.
-
-    The first is two microseconds on the safe side of the planner's own float
-    arithmetic, so the script never deletes a job ``plan`` would keep; between the two
-    the script asks the planner. "0s" deletes whatever the age.
-    """
-    if max_age_s <= 0:
-        cutoff = _ALWAYS
-    else:  # never before 1970: the strings compare as times only with four-digit years
-        cutoff = max(-1, math.floor((now - max_age_s) * 1_000_000) - 2)
-    return _rq_text(cutoff), _rq_text(cutoff + 5)
-
-
 @dataclass(frozen=True, slots=True)
 class Judge:
     """One registry as the script sees it: its keys and, per status, cutoff and cap flag."""
@@ -114,7 +90,7 @@ class Judge:
     statuses: tuple[str, ...]
     spec: tuple[bytes, ...]
     """ARGV after the registry's origin and cursor: status count, then per status the
-    status, its two cutoffs (see ``cutoffs``) and whether a cap applies."""
+    status, its cutoff (``expiry.cutoff_text``) and whether a cap applies."""
     rules: tuple[str, ...]
     """The age rule of each status, in ``statuses``' order (for the audit lines)."""
 
@@ -126,8 +102,8 @@ class Judge:
         statuses = tuple(reg.retentions)
         spec = [str(len(statuses)).encode()]
         for status in statuses:
-            past, young = cutoffs(ctx.now, reg.retentions[status].max_age_s)
-            spec += [status.encode(), past, young, b"1" if status in caps else b"0"]
+            limit = cutoff_text(cutoff(ctx.now, reg.retentions[status].max_age_s))
+            spec += [status.encode(), limit, b"1" if status in caps else b"0"]
         started = ctx.keys.started(reg.queue)
         rules = tuple(reg.retentions[status].age_rule for status in statuses)
         return cls(reg, caps, started, statuses, tuple(spec), rules)
@@ -146,16 +122,13 @@ _SHAS = {
 
 @dataclass
 class Memos:
-    """A run's own keys: the memo keys of answered pages, and the hash of its cursors.
+    """A run's own keys: the memo keys of answered pages.
 
     The next page's script deletes the memos of answered pages (``Cleanup`` the last
-    ones, and the hash). Deleting each memo right after its answer would be a round trip that waits behind
-    the page Redis is running meanwhile.
+    ones). Deleting each memo right after its answer would be a round trip of its own.
     """
 
     stale: list[bytes] = field(default_factory=list)
-    walk: bytes = b""
-    """The hash of the run's cursors, which ``Cleanup`` deletes too."""
     run: str = field(default_factory=lambda: uuid.uuid4().hex)
     made: int = 0
 
@@ -194,8 +167,6 @@ class Cleanup:
         def receive() -> Decided:
             self.release()
             left = self.memos.take()
-            if self.memos.walk:
-                left.append(self.memos.walk)
             if left:
                 client.unlink(*left)
             return Decided((), ())
@@ -228,13 +199,12 @@ class Walk:
 class Sweep:
     """The registries of one fast-path run, and where each one's walk stands.
 
-    The script walks each registry itself. When it deletes, it keeps the cursors in a
-    hash of the run's own, so pages go out back to back, each over the front of the
-    registries not yet known to be finished, and whichever runs first takes the next
-    entries. A dry run writes nothing, so there each page carries the cursors the
+    The script walks each registry itself, and each page carries the cursors the
     answer of the page before gave: ``ScanPage.send`` reads that answer first (kept for
-    the engine, which audits it afterwards). Either way Redis runs one page while the
-    janitor audits the one before.
+    the engine, which audits it afterwards), so Redis runs one page while the janitor
+    audits the one before. Real and dry runs go the same way. The pages go out on one
+    connection the run owns (taking one from redis-py's pool per page costs two system
+    calls), given back by ``close``.
     """
 
     def __init__(
@@ -247,44 +217,34 @@ class Sweep:
         """Walk ``registries``; ``planners`` plan entries and whole registries the ordinary way."""
         self.ctx, self.registries, self.judge_of = ctx, registries, judge_of
         self.plan_slow, self.plan_registry = planners
-        self.chained = ctx.dry_run
         self.memos = Memos()
-        if not self.chained:
-            self.memos.walk = Keyspace.expire_walk(self.memos.run)
         self.walks: deque[Walk] = deque()
         """Registries not yet known to be finished, in order."""
         self.exhausted = False
         self.last: ScanPage | None = None
-        """The latest page sent: in a dry run, its answer holds the next page's cursors."""
+        """The latest page sent: its answer holds the next page's cursors."""
         self.templates = key_templates(ctx.keys)
-        self.conns: list[Connection] = []
-        """The pages' own connections, one per page in flight: taking one from the pool
-        for every page costs two system calls (redis-py checks it for unread data)."""
-        self.sent = 0
-        self.last_on: dict[int, ScanPage] = {}
+        self.conn: Connection | None = None
 
-    def connection(self, page: ScanPage) -> Connection:
-        """The connection for ``page``: the one whose page before was answered first."""
-        index = self.sent % DECISIONS_IN_FLIGHT
-        self.sent += 1
-        if index == len(self.conns):
-            self.conns.append(checkout(self.ctx.client))
-        self.last_on[index] = page
-        return self.conns[index]
+    def connection(self) -> Connection:
+        """The run's connection (the page before has been answered on it)."""
+        if self.conn is None:
+            self.conn = checkout(self.ctx.client)
+        return self.conn
 
     def close(self) -> None:
-        """Give the connections back; one whose answer was left unread is closed first."""
-        pool = self.ctx.client.connection_pool
-        for index, conn in enumerate(self.conns):
-            page = self.last_on.get(index)
-            if page is not None and (not page.settled or page.error is not None):
-                conn.disconnect()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
-            pool.release(conn)
-        self.conns, self.last_on = [], {}
+        """Give the connection back, closed first if an answer on it was left unread."""
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        page = self.last
+        if page is not None and (not page.settled or page.error is not None):
+            disconnect(conn)
+        self.ctx.client.connection_pool.release(conn)
 
     def more(self) -> bool:
         """Whether another page may find work (an answer still unread may leave some)."""
-        if self.chained and self.last is not None and not self.last.settled:
+        if self.last is not None and not self.last.settled:
             return True
         self._refill()
         return bool(self.walks)
@@ -308,18 +268,14 @@ class Sweep:
                     self.walks.append(Walk(self.judge_of(reg), b"0", int(size)))
 
     def take(self, budget: int) -> list[Walk]:
-        """The registries of the next call: enough, by their sizes, for its ``budget``.
-
-        Back to back, the page before may not have answered yet: enough then for it too.
-        """
-        if self.chained and self.last is not None:
+        """The registries of the next call, from the cursors of the page before: enough, by their sizes, for its ``budget``."""
+        if self.last is not None:
             self.last.settle()
         self._refill()
-        wanted = budget if self.chained else DECISIONS_IN_FLIGHT * budget
         taken: list[Walk] = []
         total = 0
         for walk in self.walks:
-            if total >= wanted or len(taken) >= REGISTRIES_PER_CALL:
+            if total >= budget or len(taken) >= REGISTRIES_PER_CALL:
                 break
             taken.append(walk)
             total += walk.size
@@ -362,6 +318,70 @@ class Sweep:
         return planned, broken
 
 
+def disconnect(conn: Connection) -> None:
+    """Close ``conn`` (through a Callable: redis-py may type the method in some releases only)."""
+    close: Callable[[], None] = conn.disconnect
+    close()
+
+
+class PageCall:
+    """One script call on the run's connection: sent now, its reply read later, once.
+
+    redis-py packs the command and parses the reply (``send_command`` and
+    ``read_response``). A connection error is retried as redis-py retries a command
+    (a write page's memo key makes the retry return the first run's reply), and the
+    script is loaded again when the server lost it (NOSCRIPT: nothing ran).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        conn: Connection,
+        command: Sequence[bytes],
+        source: str,
+    ) -> None:
+        """Send ``command`` on ``conn``; ``source`` is the script it calls by its SHA."""
+        self.client, self.conn, self.command, self.source = (
+            client,
+            conn,
+            command,
+            source,
+        )
+        self.failed: Exception | None = None
+        try:
+            self._send()
+        except (redis.ConnectionError, redis.TimeoutError) as err:
+            self.failed = err
+
+    def _send(self) -> None:
+        # Through a Callable: redis-py leaves send_command untyped (in some releases).
+        send: Callable[..., None] = self.conn.send_command
+        send(*self.command)
+
+    def _again(self) -> object:
+        self._send()
+        return self.conn.read_response()
+
+    def _fail(self, _: Exception) -> None:
+        disconnect(self.conn)
+
+    def receive(self) -> object:
+        """The reply, after retries as redis-py would."""
+        if self.failed is None:
+            try:
+                return self.conn.read_response()
+            except NoScriptError:
+                self.client.script_load(self.source)
+            except (redis.ConnectionError, redis.TimeoutError) as err:
+                self._fail(err)
+            except redis.ResponseError:
+                raise  # a whole reply: nothing is left unread
+            except Exception as err:  # part of a reply may be left unread: start afresh
+                self._fail(err)
+                raise
+        return self.conn.retry.call_with_retry(self._again, self._fail)
+
+
 def _no_decision() -> Decided:
     return Decided((), ())
 
@@ -375,7 +395,7 @@ class ScanPage:
         self.sent = self.settled = False
         self.budget = 0
         self.walks: list[Walk] = []
-        self.call: Call | None = None
+        self.call: PageCall | None = None
         self.memo = b""
         self.found: list[bytes] = []
         """Per registry, what the script deleted (see ``EXPIRE_TERMINAL_JOBS``)."""
@@ -393,21 +413,15 @@ class ScanPage:
         """Send the script call (judge only when ``dry_run``); return its reader."""
         self.sent = True
         sweep = self.sweep
-        if dry_run and not sweep.chained:
-            msg = "a dry run's pages must come from a dry run's context (ctx.dry_run)"
-            raise ValueError(msg)
         budget = sweep.ctx.pace.decision_size
-        self.walks = sweep.take(budget)  # in a dry run, reads the previous answer first
+        self.walks = sweep.take(budget)  # reads the previous answer first
         if not self.walks:
             self.settled = True
             return _no_decision
         self.budget = budget
         write = not dry_run
         self.memo = sweep.memos.next_key() if write else b""
-        keys = [
-            fence.key if fence else b"janitor:no-lease",
-            sweep.memos.walk or b"janitor:no-walk",
-        ]
+        keys = [fence.key if fence else b"janitor:no-lease"]
         args = [
             fence.token if fence else b"",
             b"1" if write else b"0",
@@ -420,9 +434,8 @@ class ScanPage:
             args += (walk.judge.reg.queue, walk.cursor, *walk.judge.spec)
         if write:  # the script deletes the memos of answered pages: no retry needs them
             keys += (*sweep.memos.take(), self.memo)
-        command = resp([b"EVALSHA", _SHAS[write], b"%d" % len(keys), *keys, *args])
-        conn = sweep.connection(self)
-        self.call = Call(client, command, _SOURCES[write], conn)
+        command = [b"EVALSHA", _SHAS[write], b"%d" % len(keys), *keys, *args]
+        self.call = PageCall(client, sweep.connection(), command, _SOURCES[write])
         sweep.last = self
         return self.receive
 
@@ -434,7 +447,7 @@ class ScanPage:
             return
         self.settled = True
         try:
-            reply = cast("Call", self.call).receive()
+            reply = cast("PageCall", self.call).receive()
         except Exception as err:
             self.error = err
             raise

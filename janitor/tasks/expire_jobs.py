@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
 from janitor.actions import Action, DeleteJob, Skip
-from janitor.jobs import (
-    JOB_FIELDS,
-    FieldError,
-    JobFields,
-    entered_failed_registry,
-    has_waiting_children,
-)
+from janitor.expiry import REGISTRIES, expiry, terminal_end
+from janitor.jobs import JOB_FIELDS, FieldError, JobFields, has_waiting_children
 from janitor.keyspace import iter_queue_names, to_text
 from janitor.policy import Retention, retention_for
 from janitor.tasks.base import Decision, TaskContext
 from janitor.tasks.expire_fast import CapBoundary, Cleanup, Judge, ScanPage, Sweep
 
 NAME = "expire_jobs"
-
-REGISTRIES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("finished", ("finished",)),
-    ("failed", ("failed", "stopped")),
-    ("canceled", ("canceled",)),
-)
-"""Each terminal registry and the job statuses RQ keeps in it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +133,7 @@ class ExpireJobs:
             return  # a dangling registry entry: clean_registries' business, not a job to delete
         try:
             status = job.status
-            age = _age(ctx.now, reg.kind, float(raw_score), job)
+            end = terminal_end(reg.kind, float(raw_score), job)
         except FieldError as err:
             yield Skip(NAME, f"unreadable job field: {err}", where)
             return
@@ -158,13 +145,15 @@ class ExpireJobs:
         if job.raw_origin != reg.queue:
             yield Skip(NAME, "job origin differs from its registry's queue", where)
             return
-        if age is None:
+        if end is None:
             yield Skip(NAME, "no end time to measure the job's age from", where)
             return
-        retention = reg.retentions[status]
-        over_age = age >= retention.max_age_s
         cap = caps.get(status)
-        if not over_age and not (cap is not None and (float(raw_score), job_id) < cap):
+        capped = cap is not None and (float(raw_score), job_id) < cap
+        verdict = expiry(
+            end=end, retention=reg.retentions[status], capped=capped, now=ctx.now
+        )
+        if not verdict.due:
             return
         dependents = int(cast("int", entry.dependents))
         if (
@@ -174,26 +163,15 @@ class ExpireJobs:
         ):
             yield Skip(NAME, "dependents still wait on this job", where)
             return
-        rule = retention.age_rule if over_age else cast("str", retention.cap_rule)
         event = {
             "queue": reg.name,
             "job_id": to_text(job_id),
             "status": status,
-            "age_s": int(age),
-            "rule": rule,
+            "age_s": int(cast("float", verdict.age_s)),
+            "rule": verdict.rule,
         }
         write = _delete_write(ctx, reg, job, entry)
         yield Action(NAME, "job_deleted", event, write)
-
-
-def _age(now: float, kind: str, score: float, job: JobFields) -> float | None:
-    """The job's age from ``ended_at``, else from when RQ put it into its registry."""
-    ended = job.ended_at
-    if ended is None and kind == "canceled" and score >= 0 and not math.isinf(score):
-        ended = score  # the canceled registry is scored by the time of cancellation
-    if ended is None and kind == "failed":
-        ended = entered_failed_registry(score, job.failure_ttl) or job.last_heartbeat
-    return None if ended is None else max(0.0, now - ended)
 
 
 def _delete_write(
