@@ -199,12 +199,15 @@ class Walk:
 class Sweep:
     """The registries of one fast-path run, and where each one's walk stands.
 
-    The script walks each registry itself, and each page carries the cursors the
-    answer of the page before gave: ``ScanPage.send`` reads that answer first (kept for
-    the engine, which audits it afterwards), so Redis runs one page while the janitor
-    audits the one before. Real and dry runs go the same way. The pages go out on one
-    connection the run owns (taking one from redis-py's pool per page costs two system
-    calls), given back by ``close``.
+    The script walks each registry itself, and a page carries, for each registry it
+    walks, the cursor the answer of the last page over that registry gave. So a page
+    goes out while another one is in flight only over registries that one does not
+    walk (the finished and failed registries of a queue, other queues): Redis then runs
+    one page right after the other. When every registry left is in a page in flight,
+    ``ScanPage.send`` first reads the oldest answer (kept for the engine, which audits
+    it afterwards). Real and dry runs go the same way. Each page in flight has a
+    connection of its own, owned by the run (taking one from redis-py's pool per page
+    costs two system calls), and given back by ``close``.
     """
 
     def __init__(
@@ -221,30 +224,41 @@ class Sweep:
         self.walks: deque[Walk] = deque()
         """Registries not yet known to be finished, in order."""
         self.exhausted = False
-        self.last: ScanPage | None = None
-        """The latest page sent: its answer holds the next page's cursors."""
+        self.pending: deque[ScanPage] = deque()
+        """Pages sent whose answers are not read yet, oldest first."""
         self.templates = key_templates(ctx.keys)
-        self.conn: Connection | None = None
+        self.free: list[Connection] = []
+        """The run's connections no unread answer is waiting on."""
+        self.closing: list[Connection] = []
+        """The run's connections an error left in an unknown state."""
 
     def connection(self) -> Connection:
-        """The run's connection (the page before has been answered on it)."""
-        if self.conn is None:
-            self.conn = checkout(self.ctx.client)
-        return self.conn
+        """A connection of the run's own with no answer waiting on it."""
+        return self.free.pop() if self.free else checkout(self.ctx.client)
+
+    def done_with(self, page: ScanPage) -> None:
+        """``page``'s answer is read (or failed): its connection is free again."""
+        if page.conn is None:
+            return
+        (self.free if page.error is None else self.closing).append(page.conn)
+        page.conn = None
 
     def close(self) -> None:
-        """Give the connection back, closed first if an answer on it was left unread."""
-        conn, self.conn = self.conn, None
-        if conn is None:
-            return
-        page = self.last
-        if page is not None and (not page.settled or page.error is not None):
+        """Give the connections back, closing first those an answer was left unread on."""
+        pool = self.ctx.client.connection_pool
+        for page in self.pending:
+            if page.conn is not None:
+                self.closing.append(page.conn)
+                page.conn = None
+        for conn in self.closing:
             disconnect(conn)
-        self.ctx.client.connection_pool.release(conn)
+        for conn in self.free + self.closing:
+            pool.release(conn)
+        self.free, self.closing = [], []
 
     def more(self) -> bool:
         """Whether another page may find work (an answer still unread may leave some)."""
-        if self.last is not None and not self.last.settled:
+        if self.pending:
             return True
         self._refill()
         return bool(self.walks)
@@ -268,18 +282,28 @@ class Sweep:
                     self.walks.append(Walk(self.judge_of(reg), b"0", int(size)))
 
     def take(self, budget: int) -> list[Walk]:
-        """The registries of the next call, from the cursors of the page before: enough, by their sizes, for its ``budget``."""
-        if self.last is not None:
-            self.last.settle()
+        """The registries of the next call: enough, by their sizes, for its ``budget``.
+
+        Only registries no page in flight walks, so that each starts from the cursor
+        its last answer gave; when there is none, the oldest answer is read first.
+        """
         self._refill()
+        while self.pending and not self._free_walks():
+            self.pending[0].settle()
+            self._refill()
         taken: list[Walk] = []
         total = 0
-        for walk in self.walks:
+        for walk in self._free_walks():
             if total >= budget or len(taken) >= REGISTRIES_PER_CALL:
                 break
             taken.append(walk)
             total += walk.size
         return taken
+
+    def _free_walks(self) -> list[Walk]:
+        """The registries left to walk that no page in flight walks."""
+        busy = {id(walk) for page in self.pending for walk in page.walks}
+        return [walk for walk in self.walks if id(walk) not in busy]
 
     def answered(
         self, walks: Sequence[Walk], cursors: Sequence[bytes], slow: Sequence[object]
@@ -396,6 +420,7 @@ class ScanPage:
         self.budget = 0
         self.walks: list[Walk] = []
         self.call: PageCall | None = None
+        self.conn: Connection | None = None
         self.memo = b""
         self.found: list[bytes] = []
         """Per registry, what the script deleted (see ``EXPIRE_TERMINAL_JOBS``)."""
@@ -414,7 +439,7 @@ class ScanPage:
         self.sent = True
         sweep = self.sweep
         budget = sweep.ctx.pace.decision_size
-        self.walks = sweep.take(budget)  # reads the previous answer first
+        self.walks = sweep.take(budget)  # may read an answer before
         if not self.walks:
             self.settled = True
             return _no_decision
@@ -435,22 +460,33 @@ class ScanPage:
         if write:  # the script deletes the memos of answered pages: no retry needs them
             keys += (*sweep.memos.take(), self.memo)
         command = [b"EVALSHA", _SHAS[write], b"%d" % len(keys), *keys, *args]
-        self.call = PageCall(client, sweep.connection(), command, _SOURCES[write])
-        sweep.last = self
+        self.conn = sweep.connection()
+        self.call = PageCall(client, self.conn, command, _SOURCES[write])
+        sweep.pending.append(self)
         return self.receive
 
     def settle(self) -> None:
-        """Read the answer (once) and move the sweep's cursors on; raises what the call raised."""
+        """Read the answer (once, after those of the pages before) and move the sweep's cursors on.
+
+        Raises what the call raised.
+        """
         if self.settled:
             if self.error is not None:
                 raise self.error
             return
+        pending = self.sweep.pending
+        while pending and pending[0] is not self:
+            pending[0].settle()
         self.settled = True
+        if pending and pending[0] is self:
+            pending.popleft()
         try:
             reply = cast("PageCall", self.call).receive()
         except Exception as err:
             self.error = err
             raise
+        finally:
+            self.sweep.done_with(self)
         if reply in (scripts.FENCED_OUT, [scripts.FENCED_OUT]):
             msg = "the leader lease was lost before a page of deletes; nothing was written"
             self.error = LeadershipLost(msg)
