@@ -13,15 +13,8 @@ from redis.commands.core import Script
 from janitor import scripts
 from janitor.errors import LeadershipLost
 from janitor.keyspace import JANITOR_PREFIX, Keyspace
+from janitor.leader import Fence
 from janitor.liveness import Recheck
-
-
-@dataclass(frozen=True, slots=True)
-class Fence:
-    """The leader lease a write must still hold: checked inside each write script."""
-
-    key: bytes
-    token: bytes
 
 
 class Write(Protocol):

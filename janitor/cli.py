@@ -304,7 +304,7 @@ def report_command(  # noqa: PLR0913 - one parameter per documented option
     import time
 
     from janitor.report import build_report
-    from janitor.report_text import render_report
+    from janitor.report.text import render_report
 
     settings = _load(ctx, config, redis_url, log_format)
     data = build_report(connect(settings.redis), settings, time.time(), queues=queues)
@@ -331,8 +331,8 @@ def explain_command(  # noqa: PLR0913 - one parameter per documented option
     import json
     import time
 
-    from janitor.explain import explain
-    from janitor.report_text import render_explain
+    from janitor.report.explain import explain
+    from janitor.report.text import render_explain
 
     settings = _load(ctx, config, redis_url, log_format)
     data = explain(connect(settings.redis), settings, job_id, time.time())

@@ -43,13 +43,13 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from janitor import report
 from janitor.audit import AuditLog, get_logger
 from janitor.config import Schedule, Settings
 from janitor.engine import run_once
 from janitor.errors import EXIT_OK, JanitorError
 from janitor.leadership import Leadership
 from janitor.metrics import HttpServer, Metrics, ReadinessProbe, TaskRun, make_app
+from janitor.report.build import backlog
 from janitor.tasks import TASKS
 
 SHUTDOWN_GRACE_S = 5.0
@@ -77,7 +77,7 @@ LEASE_JOB = "janitor:lease"
 """The scheduler job id of the lease heartbeat (task jobs use the task names)."""
 
 Backlog = Callable[[redis.Redis, Settings, float], Mapping[tuple[str, str], float]]
-"""``janitor.report.backlog``: (queue, state) -> age of the oldest overdue job."""
+"""``janitor.report.build.backlog``: (queue, state) -> age of the oldest overdue job."""
 
 log = get_logger(__name__)
 
@@ -88,7 +88,7 @@ def serve(settings: Settings) -> int:
     Raises:
         ConfigError: ``[http] listen`` cannot be bound, or ``[redis]`` cannot work.
     """
-    return Daemon(settings, backlog=report.backlog).run()
+    return Daemon(settings, backlog=backlog).run()
 
 
 def trigger_for(schedule: Schedule) -> IntervalTrigger | CronTrigger:

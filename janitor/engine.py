@@ -12,12 +12,12 @@ from itertools import groupby
 
 import redis
 
-from janitor.actions import Action, Fence, Skip, Write
+from janitor.actions import Action, Skip, Write
 from janitor.audit import AuditLog, EventRows, get_logger
 from janitor.config import Settings
 from janitor.errors import LeadershipLost
 from janitor.keyspace import Keyspace
-from janitor.leader import Lease
+from janitor.leader import Fence, Lease
 from janitor.policy import QueueFilter
 from janitor.tasks import TASKS, TaskContext
 from janitor.tasks.base import (

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import redis
 from redis.exceptions import LockError
 
-from janitor.actions import Fence
 from janitor.errors import LeadershipLost
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """The leader lease a write must still hold: checked inside each write script."""
+
+    key: bytes
+    token: bytes
 
 
 class Lease:

@@ -30,8 +30,8 @@ from prometheus_client.exposition import make_wsgi_app
 from prometheus_client.registry import Collector
 
 from janitor.audit import get_logger
+from janitor.config.values import format_host_port, host_port
 from janitor.errors import ConfigError
-from janitor.values import format_host_port, host_port
 
 OUTCOMES = ("ok", "failed", "skipped")
 """``janitor_task_runs_total`` outcomes: ran and succeeded, ran and failed, did not run

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.clock import Clock
 from tests.servers import RedisServer, ServerBinaryMissingError, default_server_binary
 
 
@@ -36,21 +37,6 @@ def r(redis_server: RedisServer) -> Iterator[redis.Redis]:
     yield client
     client.flushall()
     client.close()
-
-
-class Clock:
-    """A settable clock: tasks and the engine take ``now`` as a callable."""
-
-    def __init__(self, start: float) -> None:
-        self.value = start
-
-    def __call__(self) -> float:
-        """The current time of this clock."""
-        return self.value
-
-    def advance(self, seconds: float) -> None:
-        """Move the clock forward."""
-        self.value += seconds
 
 
 @pytest.fixture

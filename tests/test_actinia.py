@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from janitor.actinia import ActiniaQueue, read_actinia_queue
 from janitor.config import load_settings
+from janitor.config.actinia import ActiniaQueue, read_actinia_queue
 from janitor.errors import ConfigError
 
 DATA = Path(__file__).parent / "data"

@@ -25,7 +25,7 @@ from janitor.tasks.clean_registries import (
     MarkerWrite,
 )
 from tests import funcs
-from tests.conftest import Clock
+from tests.clock import Clock
 from tests.engine_run import run_tasks
 from tests.funcs import work
 from tests.rqenv import RQ_VERSIONS

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,38 +14,12 @@ from janitor.audit import AUDIT_EVENTS
 from janitor.keyspace import Keyspace
 from janitor.tasks import TASKS
 from tests import funcs
+from tests.cli import audit_lines, janitor, run_once_cli
 from tests.funcs import work
 from tests.servers import RedisServer, free_port
 from tests.snapshot import assert_unchanged, snapshot
 
 KEYS = Keyspace()
-
-
-def janitor(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m janitor ARGS`` with a clean JANITOR_* environment."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("JANITOR_")}
-    return subprocess.run(
-        [sys.executable, "-m", "janitor", *args],
-        capture_output=True,
-        text=True,
-        env={**clean, **(env or {})},
-        timeout=timeout,
-        check=False,
-    )
-
-
-def run_once_cli(
-    config_file: Path, server: RedisServer
-) -> subprocess.CompletedProcess[str]:
-    """``janitor run --once`` with the test's config file against the test's server."""
-    return janitor("run", "--once", "-c", str(config_file), "--redis-url", server.url)
-
-
-def audit_lines(path: Path) -> list[dict[str, Any]]:
-    """The JSON lines of an audit log file."""
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.fixture

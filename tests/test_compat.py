@@ -11,24 +11,12 @@ import redis
 from janitor.config import RetentionSettings, RqSettings, Settings
 from tests.engine_run import run_tasks
 from tests.rqenv import RQ_VERSIONS
-from tests.rqstate import MARKER, SECRET_ERROR, Manifest, produce
+from tests.rqstate import LIVE, MARKER, SECRET_ERROR, TERMINAL, Manifest, produce
 from tests.servers import RedisServer
 from tests.snapshot import assert_unchanged, snapshot
 
 pytestmark = pytest.mark.compat
 
-TERMINAL = (
-    "finished",
-    "finished_forever",
-    "failed",
-    "failed_retried",
-    "stopped",
-    "canceled",
-    "finished_parent",
-    "finished_child",
-    "group",
-)
-LIVE = ("queued", "deferred", "scheduled", "deferred_child")
 ZERO = RetentionSettings(finished=0, failed=0, stopped=0, canceled=0)
 
 

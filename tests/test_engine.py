@@ -9,11 +9,11 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from janitor.actions import Fence
 from janitor.audit import AuditLog
 from janitor.config import RqSettings, Settings
 from janitor.engine import _Runner
 from janitor.keyspace import Keyspace
+from janitor.leader import Fence
 from janitor.policy import QueueFilter
 from janitor.tasks.base import Decided, Decision, TaskContext
 

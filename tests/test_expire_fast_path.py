@@ -27,7 +27,7 @@ from redis.typing import EncodableT, FieldT
 from structlog.testing import capture_logs
 
 from janitor import scripts
-from janitor.actions import Action, Fence, Skip
+from janitor.actions import Action, Skip
 from janitor.audit import AuditLog
 from janitor.config import RetentionSettings, Settings
 from janitor.engine import BATCH_SIZE, run_once
@@ -35,6 +35,7 @@ from janitor.errors import LeadershipLost
 from janitor.expiry import cutoff, cutoff_text
 from janitor.jobs import FieldError, parse_rq_time
 from janitor.keyspace import Keyspace, to_text
+from janitor.leader import Fence
 from janitor.policy import QueueFilter
 from janitor.tasks import TASKS
 from janitor.tasks.base import DECISIONS_IN_FLIGHT, Pace, TaskContext

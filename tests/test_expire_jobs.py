@@ -11,11 +11,12 @@ import redis
 from rq import Queue
 from rq.job import Job
 
-from janitor.actions import Action, DeleteJob, Fence
+from janitor.actions import Action, DeleteJob
 from janitor.config import RetentionRule, RetentionSettings, RqSettings, Settings
 from janitor.engine import RunReport
 from janitor.errors import LeadershipLost
 from janitor.keyspace import Keyspace
+from janitor.leader import Fence
 from janitor.policy import QueueFilter
 from janitor.tasks.base import TaskContext
 from janitor.tasks.expire_jobs import ExpireJobs

@@ -17,8 +17,8 @@ from janitor.jobs import JOB_FIELDS, FieldError, JobFields
 from janitor.keyspace import Keyspace
 from janitor.policy import QueueFilter, retention_for
 from janitor.tasks.base import Pace, TaskContext
-from janitor.tasks.expire_fast import ScanPage
 from janitor.tasks.expire_jobs import ExpireJobs
+from janitor.tasks.expire_jobs.fast import ScanPage
 
 KEYS = Keyspace()
 NOW = 1_780_000_000.654321

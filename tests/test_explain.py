@@ -16,16 +16,16 @@ from janitor.audit import AuditLog
 from janitor.config import RetentionRule, RetentionSettings, RqSettings, Settings
 from janitor.engine import run_once
 from janitor.errors import NoSuchJob
-from janitor.explain import explain
 from janitor.keyspace import Keyspace
-from janitor.report_text import render_explain
+from janitor.report.explain import explain
+from janitor.report.text import render_explain
 from tests import funcs
+from tests.cli import janitor
 from tests.funcs import work
+from tests.reports import SECRETS, assert_same_shape, ended_at, json_examples
 from tests.rqstate import produce
 from tests.servers import RedisServer, free_port
 from tests.snapshot import assert_unchanged, snapshot
-from tests.test_cli import janitor
-from tests.test_report import SECRETS, assert_same_shape, ended_at, json_examples
 
 DAY = 86_400
 YEAR = 31_536_000

@@ -13,10 +13,9 @@ import redis
 from janitor.config import RetentionSettings, RqSettings, Settings
 from janitor.keyspace import Keyspace
 from tests.engine_run import run_tasks
-from tests.rqstate import produce
+from tests.rqstate import LIVE, TERMINAL, produce
 from tests.servers import RedisServer, find_server_binaries
 from tests.snapshot import assert_unchanged, snapshot
-from tests.test_compat import LIVE, TERMINAL
 
 pytestmark = pytest.mark.compat
 

@@ -12,11 +12,12 @@ import redis
 from redis.client import PubSub
 from rq import Worker
 
-from janitor.actions import Action, Fence, PruneDeadWorker
+from janitor.actions import Action, PruneDeadWorker
 from janitor.config import RqSettings, Settings
 from janitor.engine import RunReport
 from janitor.errors import LeadershipLost
 from janitor.keyspace import Keyspace
+from janitor.leader import Fence
 from janitor.policy import QueueFilter
 from janitor.tasks import prune_workers
 from janitor.tasks.base import TaskContext

@@ -17,23 +17,22 @@ from rq.job import Job
 from janitor.audit import AuditLog
 from janitor.config import RetentionRule, RetentionSettings, RqSettings, Settings
 from janitor.engine import run_once
-from janitor.explain import explain
 from janitor.keyspace import Keyspace
-from janitor.report import SCHEMA, Limits, backlog, build_report
-from janitor.report_text import render_explain, render_report
+from janitor.report.build import SCHEMA, Limits, backlog, build_report
+from janitor.report.explain import explain
+from janitor.report.text import render_explain, render_report
 from tests import funcs
+from tests.cli import janitor
 from tests.funcs import work
+from tests.reports import SECRETS, assert_same_shape, ended_at, json_examples
 from tests.rqenv import RQ_VERSIONS
-from tests.rqstate import MARKER, SECRET_ERROR, Manifest, produce
+from tests.rqstate import Manifest, produce
 from tests.servers import RedisServer
 from tests.snapshot import assert_unchanged, snapshot
-from tests.test_cli import janitor
 
 DAY = 86_400
 YEAR = 31_536_000
 KEYS = Keyspace()
-SECRETS = (MARKER, SECRET_ERROR, funcs.SECRET, "hunter2")
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "report.md"
 
 
 def expected_counts(manifest: Manifest) -> dict[str, int]:
@@ -77,13 +76,6 @@ def codes(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The doctor findings, by code."""
     found: dict[str, dict[str, Any]] = {f["code"]: f for f in report["findings"]}
     return found
-
-
-def ended_at(client: redis.Redis, job_id: str) -> float:
-    """A job's ``ended_at`` as epoch seconds, read through RQ."""
-    job = Job.fetch(job_id, connection=client)
-    assert job.ended_at is not None
-    return job.ended_at.timestamp()
 
 
 def dry_run_deletions(
@@ -409,35 +401,6 @@ class TestMemoryAndDoctor:
         assert "maintenance_overdue" not in codes(build_report(r, Settings(), now))
         late = codes(build_report(r, Settings(), now + 500 + 1100))
         assert late["maintenance_overdue"]["queues"] == ["default"]
-
-
-def json_examples() -> list[dict[str, Any]]:
-    """The ```json blocks of docs/report.md: the report example, then the explain example."""
-    blocks = re.findall(r"```json\n(.*?)```", DOCS.read_text(), flags=re.DOTALL)
-    return [json.loads(block) for block in blocks]
-
-
-def assert_same_shape(example: Any, actual: Any, path: str = "$") -> None:
-    """Assert ``actual`` has exactly the documented keys, recursively, with compatible types."""
-    if path.endswith(".by_kind"):
-        assert isinstance(actual, dict), path
-        assert all(isinstance(v, int) for v in actual.values()), path
-        return
-    if isinstance(example, dict):
-        assert isinstance(actual, dict), path
-        assert set(actual) == set(example), (path, set(actual) ^ set(example))
-        for key, value in example.items():
-            assert_same_shape(value, actual[key], f"{path}.{key}")
-    elif isinstance(example, list):
-        assert isinstance(actual, list), path
-        for item in actual if example else []:
-            assert_same_shape(example[0], item, f"{path}[]")
-    elif example is not None and actual is not None:
-        number = (int, float)
-        same = isinstance(actual, number) and not isinstance(actual, bool)
-        wanted = isinstance(example, number) and not isinstance(example, bool)
-        assert same == wanted, path
-        assert wanted or type(actual) is type(example), path
 
 
 class TestCli:

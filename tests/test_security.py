@@ -11,9 +11,9 @@ from urllib.parse import quote
 import pytest
 import redis
 
+from tests.cli import janitor
 from tests.rqstate import MARKER, SECRET_ERROR, Manifest, produce
 from tests.servers import RedisServer
-from tests.test_cli import janitor
 
 ACL_LINE = re.compile(r"^ACL SETUSER janitor .*$", re.MULTILINE)
 

@@ -9,9 +9,10 @@ from typing import Protocol, runtime_checkable
 
 import redis
 
-from janitor.actions import Action, Fence, Skip
+from janitor.actions import Action, Skip
 from janitor.config import Settings
 from janitor.keyspace import Keyspace
+from janitor.leader import Fence
 
 PAGE_SIZE = 500
 """How many registry entries or keys a task reads per round trip."""

@@ -53,7 +53,6 @@ from janitor import scripts
 from janitor.actions import (
     Action,
     Arg,
-    Fence,
     ScriptBatch,
     SetJanitorState,
     Skip,
@@ -63,6 +62,7 @@ from janitor.actions import (
 from janitor.audit import get_logger
 from janitor.jobs import TERMINAL_STATUSES
 from janitor.keyspace import Layout, iter_queue_names, to_text
+from janitor.leader import Fence
 from janitor.tasks.base import TaskContext
 
 NAME = "clean_registries"
@@ -220,6 +220,9 @@ class _QueuePlan:
         yield from self.skips
         name = to_text(self.queue)
         if self.steps:
+            # The engine applies writes in plan order, consecutive writes of one kind in
+            # one call (engine._apply): the marker is taken before the cleaning and given
+            # back after it, never reordered around it.
             marker = self.ctx.keys.cleaning_marker(self.queue)
             take = MarkerWrite(b"take", marker, self.token)
             yield Action(NAME, None, {"queue": name}, take)

@@ -7,8 +7,10 @@ workers, and returns a ``Manifest`` of the job ids it created by category. See `
 from tests.rqstate.api import (
     CATEGORIES,
     EXPECTED_STATUS,
+    LIVE,
     MARKER,
     SECRET_ERROR,
+    TERMINAL,
     Manifest,
     ProduceError,
     produce,
@@ -18,8 +20,10 @@ from tests.rqstate.api import (
 __all__ = [
     "CATEGORIES",
     "EXPECTED_STATUS",
+    "LIVE",
     "MARKER",
     "SECRET_ERROR",
+    "TERMINAL",
     "Manifest",
     "ProduceError",
     "produce",

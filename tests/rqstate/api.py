@@ -20,13 +20,29 @@ from tests.rqstate.produce import CATEGORIES, EXPECTED_STATUS, MARKER
 __all__ = [
     "CATEGORIES",
     "EXPECTED_STATUS",
+    "LIVE",
     "MARKER",
     "SECRET_ERROR",
+    "TERMINAL",
     "Manifest",
     "ProduceError",
     "produce",
     "running",
 ]
+
+#: The categories ``expire_jobs`` deletes with zero retention, and those it must keep.
+TERMINAL = (
+    "finished",
+    "finished_forever",
+    "failed",
+    "failed_retried",
+    "stopped",
+    "canceled",
+    "finished_parent",
+    "finished_child",
+    "group",
+)
+LIVE = ("queued", "deferred", "scheduled", "deferred_child")
 
 PRODUCE_SCRIPT = Path(__file__).resolve().parent / "produce.py"
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from itertools import chain, zip_longest
 from typing import Any
 
-from janitor.report_queues import QueueReport, Scope
+from janitor.report.queues import QueueReport, Scope
 
 MEMORY_BUDGET = 5_000
 """``MEMORY USAGE`` calls per report at most."""

@@ -10,9 +10,10 @@ from janitor.actions import Action, DeleteJob, Skip
 from janitor.expiry import REGISTRIES, expiry, terminal_end
 from janitor.jobs import JOB_FIELDS, FieldError, JobFields, has_waiting_children
 from janitor.keyspace import iter_queue_names, to_text
-from janitor.policy import Retention, retention_for
+from janitor.policy import retention_for
 from janitor.tasks.base import Decision, TaskContext
-from janitor.tasks.expire_fast import CapBoundary, Cleanup, Judge, ScanPage, Sweep
+from janitor.tasks.expire_jobs.fast import Cleanup, Judge, ScanPage, Sweep
+from janitor.tasks.expire_jobs.registry import CapBoundary, Registry
 
 NAME = "expire_jobs"
 
@@ -26,17 +27,6 @@ class _Entry:
     fields: object
     dependents: object
     executions: object
-
-
-@dataclass(frozen=True, slots=True)
-class _Registry:
-    """One terminal registry of one queue, with the retention of each state in it."""
-
-    queue: bytes
-    name: str
-    kind: str
-    key: bytes
-    retentions: Mapping[str, Retention]
 
 
 class ExpireJobs:
@@ -76,7 +66,7 @@ class ExpireJobs:
             sweep.close()
 
     def _plan_registry(
-        self, ctx: TaskContext, reg: _Registry
+        self, ctx: TaskContext, reg: Registry
     ) -> Iterator[Action | Skip]:
         caps = _cap_boundaries(ctx, reg)
         cursor = 0
@@ -94,7 +84,7 @@ class ExpireJobs:
     def _plan_page(
         self,
         ctx: TaskContext,
-        reg: _Registry,
+        reg: Registry,
         caps: Mapping[str, CapBoundary],
         page: Sequence[tuple[bytes, bytes]],
     ) -> Iterator[Action | Skip]:
@@ -116,7 +106,7 @@ class ExpireJobs:
     def _plan_job(  # noqa: PLR0911 - one early return per reason to leave a job alone
         self,
         ctx: TaskContext,
-        reg: _Registry,
+        reg: Registry,
         caps: Mapping[str, CapBoundary],
         entry: _Entry,
     ) -> Iterator[Action | Skip]:
@@ -175,7 +165,7 @@ class ExpireJobs:
 
 
 def _delete_write(
-    ctx: TaskContext, reg: _Registry, job: JobFields, entry: _Entry
+    ctx: TaskContext, reg: Registry, job: JobFields, entry: _Entry
 ) -> DeleteJob:
     keys, job_id = ctx.keys, job.job_id
     executions = cast("list[bytes]", entry.executions)
@@ -202,7 +192,7 @@ def _delete_write(
     )
 
 
-def _cap_boundaries(ctx: TaskContext, reg: _Registry) -> dict[str, CapBoundary]:
+def _cap_boundaries(ctx: TaskContext, reg: Registry) -> dict[str, CapBoundary]:
     """Find, per capped state, the newest registry entry beyond its ``keep_last`` newest.
 
     Reads the registry newest first (by RQ's score) and only the ``status`` of each job,
@@ -245,7 +235,7 @@ def _cap_boundaries(ctx: TaskContext, reg: _Registry) -> dict[str, CapBoundary]:
     return found
 
 
-def _registries(ctx: TaskContext) -> Iterator[_Registry]:
+def _registries(ctx: TaskContext) -> Iterator[Registry]:
     """Every terminal registry of every queue the run may write, in contract order."""
     for queue in iter_queue_names(ctx.client, ctx.keys):
         name = to_text(queue)
@@ -256,4 +246,4 @@ def _registries(ctx: TaskContext) -> Iterator[_Registry]:
             retentions = {
                 s: retention_for(ctx.settings.retention, name, s) for s in statuses
             }
-            yield _Registry(queue, name, kind, key, retentions)
+            yield Registry(queue, name, kind, key, retentions)

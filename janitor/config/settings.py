@@ -7,11 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, cast
 
-from janitor.config_text import render_settings
-from janitor.errors import ConfigError
-from janitor.jobs import TERMINAL_STATUSES
-from janitor.secret import Secret
-from janitor.sources import (
+from janitor.config.secret import Secret
+from janitor.config.sources import (
     Entry,
     Layer,
     Schema,
@@ -24,7 +21,7 @@ from janitor.sources import (
     read_toml_layer,
     resolve_password_file,
 )
-from janitor.values import (
+from janitor.config.values import (
     Validator,
     choice,
     globs,
@@ -40,6 +37,8 @@ from janitor.values import (
     string,
     valid_redis_url,
 )
+from janitor.errors import ConfigError
+from janitor.jobs import TERMINAL_STATUSES
 
 __all__ = [
     "ABANDONED_ACTIONS",
@@ -64,7 +63,6 @@ __all__ = [
     "parse_duration",
     "parse_schedule",
     "redact_url",
-    "render_settings",
 ]
 
 TERMINAL_STATES = TERMINAL_STATUSES

@@ -12,10 +12,10 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from janitor.actinia import read_actinia_queue
+from janitor.config.actinia import read_actinia_queue
+from janitor.config.secret import Secret
+from janitor.config.values import Validator, suggest, valid_redis_url
 from janitor.errors import ConfigError
-from janitor.secret import Secret
-from janitor.values import Validator, suggest, valid_redis_url
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from typing import Any, TypeVar, cast
 
 from janitor import liveness
 from janitor.keyspace import to_text
-from janitor.report_queues import QueueReport, Scope
+from janitor.report.queues import QueueReport, Scope
 
 MAX_WORKERS = 10_000
 """Members of ``rq:workers`` read at most."""

@@ -1,7 +1,7 @@
 """The report's rows: per queue and state, how many jobs, how old, and when RQ and the janitor delete them.
 
 Queue names come from ``rq:queues``, sizes from LLEN/ZCARD, and the jobs of each
-collection are read whole when small and sampled when large (``janitor.report_read``),
+collection are read whole when small and sampled when large (``janitor.report.read``),
 within one read budget shared by all queues. Every number derived from the jobs read
 comes with how many were read (``read``) and whether that was all of them (``exact``).
 """
@@ -17,11 +17,12 @@ from typing import Any
 import redis
 
 from janitor.config import TERMINAL_STATES, Settings
+from janitor.config.values import format_duration
 from janitor.expiry import expiry, terminal_end
 from janitor.jobs import has_waiting_children
 from janitor.keyspace import Keyspace, iter_queue_names, to_text
 from janitor.policy import QueueFilter, retention_for
-from janitor.report_read import (
+from janitor.report.read import (
     COLLECTIONS,
     EDGE,
     STATES,
@@ -31,7 +32,6 @@ from janitor.report_read import (
     sample_ranks,
     since,
 )
-from janitor.values import format_duration
 
 RQ_RULES = {
     "queued": "never, unless enqueued with ttl",

@@ -19,40 +19,36 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import redis
 from redis.connection import Connection
 from redis.exceptions import NoScriptError
 
 from janitor import scripts
-from janitor.actions import Action, Fence, Skip
+from janitor.actions import Action, Skip
 from janitor.audit import EventRows
 from janitor.connection import checkout
 from janitor.errors import LeadershipLost
 from janitor.expiry import cutoff, cutoff_text
 from janitor.jobs import rq_epoch
 from janitor.keyspace import Keyspace, to_text
+from janitor.leader import Fence
 from janitor.tasks.base import Decided, TaskContext
+from janitor.tasks.expire_jobs.registry import CapBoundary, Registry
 
-CapBoundary = tuple[float, bytes]
-"""The (score, member) of the newest entry *beyond* a keep_last cap is at or below this."""
-
-if TYPE_CHECKING:
-    from janitor.tasks.expire_jobs import _Registry
-
-    SlowPlanner = Callable[
-        [
-            TaskContext,
-            _Registry,
-            Mapping[str, CapBoundary],
-            Sequence[tuple[bytes, bytes]],
-        ],
-        Iterator[Action | Skip],
-    ]
-    """Plans entries the script answered back the ordinary way."""
-    RegistryPlanner = Callable[[TaskContext, _Registry], Iterator[Action | Skip]]
-    """Plans a whole registry the ordinary way (the script could not scan it)."""
+SlowPlanner = Callable[
+    [
+        TaskContext,
+        Registry,
+        Mapping[str, CapBoundary],
+        Sequence[tuple[bytes, bytes]],
+    ],
+    Iterator[Action | Skip],
+]
+"""Plans entries the script answered back the ordinary way."""
+RegistryPlanner = Callable[[TaskContext, Registry], Iterator[Action | Skip]]
+"""Plans a whole registry the ordinary way (the script could not scan it)."""
 
 # -- the fast path: EXPIRE_TERMINAL_JOBS judges and deletes the plain cases ------------------
 _FIRST_STATE = ord("a")
@@ -84,7 +80,7 @@ def key_templates(keys: Keyspace) -> list[bytes]:
 class Judge:
     """One registry as the script sees it: its keys and, per status, cutoff and cap flag."""
 
-    reg: _Registry
+    reg: Registry
     caps: Mapping[str, CapBoundary]
     started: bytes
     statuses: tuple[str, ...]
@@ -96,7 +92,7 @@ class Judge:
 
     @classmethod
     def of(
-        cls, ctx: TaskContext, reg: _Registry, caps: Mapping[str, CapBoundary]
+        cls, ctx: TaskContext, reg: Registry, caps: Mapping[str, CapBoundary]
     ) -> Judge:
         """The cutoffs of ``reg``; ``caps`` are its keep_last boundaries, if any."""
         statuses = tuple(reg.retentions)
@@ -213,8 +209,8 @@ class Sweep:
     def __init__(
         self,
         ctx: TaskContext,
-        registries: Iterator[_Registry],
-        judge_of: Callable[[_Registry], Judge],
+        registries: Iterator[Registry],
+        judge_of: Callable[[Registry], Judge],
         planners: tuple[SlowPlanner, RegistryPlanner],
     ) -> None:
         """Walk ``registries``; ``planners`` plan entries and whole registries the ordinary way."""

@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from janitor.report_leaks import Workers
-from janitor.report_queues import QueueReport, Scope
-from janitor.values import format_duration
+from janitor.config.values import format_duration
+from janitor.report.leaks import Workers
+from janitor.report.queues import QueueReport, Scope
 
 MAINTENANCE_INTERVAL_S = 600
 """RQ's default ``maintenance_interval`` (hard-coded before 1.14)."""

@@ -16,21 +16,21 @@ import redis
 
 from janitor import expiry as expiry_rules
 from janitor.config import TERMINAL_STATES, Settings
+from janitor.config.values import format_duration
 from janitor.errors import NoSuchJob
 from janitor.expiry import terminal_end
 from janitor.jobs import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL, has_waiting_children
 from janitor.keyspace import Keyspace, to_text
 from janitor.liveness import Verdict, WorkerFacts, judge, read_workers
 from janitor.policy import QueueFilter, Retention, retention_for
-from janitor.report import DOCS
-from janitor.report_queues import ENDED
-from janitor.report_read import (
+from janitor.report.build import DOCS
+from janitor.report.queues import ENDED
+from janitor.report.read import (
     JobInfo,
     read_jobs,
 )
-from janitor.values import format_duration
 
-SCHEMA = "rq-janitor.explain/1"
+SCHEMA = "rq-janitor.report.explain/1"
 """The ``schema`` value of ``explain --json``."""
 
 REGISTRY_OF = {

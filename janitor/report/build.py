@@ -1,11 +1,11 @@
 """``janitor report``: a read-only, bounded overview of RQ's data and when each part gets deleted.
 
 Per queue and state: counts, the oldest age, when RQ's own TTLs delete the jobs, when the
-janitor's policy does, and the janitor's backlog (``janitor.report_queues``); leaks
-(``janitor.report_leaks``); memory per queue family (``janitor.report_memory``); doctor
-findings (``janitor.report_doctor``). Nothing is written and no RQ API is called: RQ's
+janitor's policy does, and the janitor's backlog (``janitor.report.queues``); leaks
+(``janitor.report.leaks``); memory per queue family (``janitor.report.memory``); doctor
+findings (``janitor.report.doctor``). Nothing is written and no RQ API is called: RQ's
 registry counts clean as a side effect. The JSON shape is documented in docs/report.md
-and versioned by ``SCHEMA``; ``janitor.report_text`` renders it for a terminal.
+and versioned by ``SCHEMA``; ``janitor.report.text`` renders it for a terminal.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import redis
 
 from janitor.config import Settings
 from janitor.connection import server_info
-from janitor.report_doctor import findings
-from janitor.report_leaks import (
+from janitor.report.doctor import findings
+from janitor.report.leaks import (
     SCAN_CALLS,
     SCAN_COUNT,
     Workers,
@@ -26,9 +26,9 @@ from janitor.report_leaks import (
     read_workers,
     scan_keys,
 )
-from janitor.report_memory import memory
-from janitor.report_queues import Limits, QueueReport, Scope, queue_names, read_queues
-from janitor.report_read import TERMINAL_COLLECTIONS
+from janitor.report.memory import memory
+from janitor.report.queues import Limits, QueueReport, Scope, queue_names, read_queues
+from janitor.report.read import TERMINAL_COLLECTIONS
 
 SCHEMA = "rq-janitor.report/1"
 """The ``schema`` value of ``report --json``; changed on any incompatible change."""

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import fields
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
-from janitor.values import REDACTED, format_duration, format_host_port, redact_url
-
-if TYPE_CHECKING:
-    from janitor.config import RetentionRule, Settings
+from janitor.config.settings import RetentionRule, Settings
+from janitor.config.values import (
+    REDACTED,
+    format_duration,
+    format_host_port,
+    redact_url,
+)
 
 _SECTIONS = (
     "redis",

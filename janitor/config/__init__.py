@@ -1,0 +1,49 @@
+"""Configuration: the settings, where each value comes from, and how they are shown.
+
+``settings`` holds the shapes, defaults and loading (with ``sources``: TOML, environment,
+flags and actinia's INI via ``actinia``; ``values``: parsing single values; ``secret``:
+values never shown); ``render`` prints them for ``janitor config``. Callers import from
+here the names below.
+"""
+
+from janitor.config.render import render_settings
+from janitor.config.settings import (
+    DEFAULT_SCHEDULES,
+    TASK_NAMES,
+    TERMINAL_STATES,
+    AbandonedSettings,
+    LimitsSettings,
+    RedisSettings,
+    RetentionRule,
+    RetentionSettings,
+    RqSettings,
+    Schedule,
+    Secret,
+    Settings,
+    WorkersSettings,
+    load_settings,
+    parse_duration,
+    parse_schedule,
+    redact_url,
+)
+
+__all__ = [
+    "DEFAULT_SCHEDULES",
+    "TASK_NAMES",
+    "TERMINAL_STATES",
+    "AbandonedSettings",
+    "LimitsSettings",
+    "RedisSettings",
+    "RetentionRule",
+    "RetentionSettings",
+    "RqSettings",
+    "Schedule",
+    "Secret",
+    "Settings",
+    "WorkersSettings",
+    "load_settings",
+    "parse_duration",
+    "parse_schedule",
+    "redact_url",
+    "render_settings",
+]

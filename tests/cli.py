@@ -1,0 +1,39 @@
+"""The janitor command in a test: a real ``python -m janitor`` process, and its audit log read back."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.servers import RedisServer
+
+
+def janitor(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m janitor ARGS`` with a clean JANITOR_* environment."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("JANITOR_")}
+    return subprocess.run(
+        [sys.executable, "-m", "janitor", *args],
+        capture_output=True,
+        text=True,
+        env={**clean, **(env or {})},
+        timeout=timeout,
+        check=False,
+    )
+
+
+def run_once_cli(
+    config_file: Path, server: RedisServer
+) -> subprocess.CompletedProcess[str]:
+    """``janitor run --once`` with the test's config file against the test's server."""
+    return janitor("run", "--once", "-c", str(config_file), "--redis-url", server.url)
+
+
+def audit_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines of an audit log file."""
+    return [json.loads(line) for line in path.read_text().splitlines()]
