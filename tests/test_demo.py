@@ -6,16 +6,9 @@ import re
 import subprocess
 import sys
 
+from janitor.demo import COLUMNS
+
 LIVE = ("queued", "deferred", "scheduled")
-COLUMNS = (
-    "queued",
-    "deferred",
-    "scheduled",
-    "started",
-    "finished",
-    "failed",
-    "canceled",
-)
 
 
 def table(out: str, title: str) -> dict[str, dict[str, int]]:
