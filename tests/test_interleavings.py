@@ -178,7 +178,9 @@ def _now() -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(360)  # about 65 s alone; twice the default's 120 s on a loaded 2-core machine
+@pytest.mark.timeout(
+    360
+)  # about 65 s alone; twice the default's 120 s on a loaded 2-core machine
 def test_janitor_never_deletes_a_live_job(r: redis.Redis) -> None:
     """Random interleavings of RQ operations and janitor passes never lose a live job or an audit line."""
     run_state_machine_as_test(

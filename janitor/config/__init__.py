@@ -7,6 +7,7 @@ here the names below.
 """
 
 from janitor.config.render import render_settings
+from janitor.config.secret import Secret
 from janitor.config.settings import (
     DEFAULT_SCHEDULES,
     TASK_NAMES,
@@ -18,14 +19,12 @@ from janitor.config.settings import (
     RetentionSettings,
     RqSettings,
     Schedule,
-    Secret,
     Settings,
     WorkersSettings,
     load_settings,
-    parse_duration,
     parse_schedule,
-    redact_url,
 )
+from janitor.config.values import parse_duration, redact_url
 
 __all__ = [
     "DEFAULT_SCHEDULES",

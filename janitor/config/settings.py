@@ -30,7 +30,6 @@ from janitor.config.values import (
     parse_schedule_text,
     positive_duration,
     positive_int,
-    redact_url,
     secret_string,
     sentinel_csv,
     sentinel_list,
@@ -39,31 +38,6 @@ from janitor.config.values import (
 )
 from janitor.errors import ConfigError
 from janitor.jobs import TERMINAL_STATUSES
-
-__all__ = [
-    "ABANDONED_ACTIONS",
-    "DEFAULT_SCHEDULES",
-    "LOG_FORMATS",
-    "TASK_NAMES",
-    "TERMINAL_STATES",
-    "AbandonedSettings",
-    "ActiniaSettings",
-    "AuditSettings",
-    "DaemonSettings",
-    "HttpSettings",
-    "RedisSettings",
-    "RetentionRule",
-    "RetentionSettings",
-    "RqSettings",
-    "Schedule",
-    "Secret",
-    "Settings",
-    "WorkersSettings",
-    "load_settings",
-    "parse_duration",
-    "parse_schedule",
-    "redact_url",
-]
 
 TERMINAL_STATES = TERMINAL_STATUSES
 """The job states whose retention the config sets, in the contract's order."""
