@@ -90,16 +90,16 @@ def _fence_args(fence: Fence | None) -> tuple[bytes, bytes]:
     return fence.key, fence.token
 
 
-Arg = bytes | str | int | float
+Arg = scripts.Arg
 """One argument of a script call."""
 
 
 class ScriptBatch:
     """A write applied together with others of its class in one call of their script.
 
-    The script's ``KEYS[1]`` is the lease and ``ARGV`` starts with the lease token, then
-    (for scripts that take it) the time, then the number of writes; each write adds its
-    own keys and arguments (``encode``).
+    The call starts with ``head`` (the lease, its token, for scripts that take it the
+    time, the number of writes: ``scripts.BATCH_HEAD`` or ``BATCH_HEAD_NOW``); each write
+    adds its own keys and arguments (``encode``, by its script's ``Slots``).
     """
 
     __slots__ = ()
@@ -107,7 +107,7 @@ class ScriptBatch:
     source: ClassVar[str]
     what: ClassVar[str]
     """What the writes are, for the message when the lease was lost."""
-    takes_now: ClassVar[bool] = False
+    head: ClassVar[scripts.Slots] = scripts.BATCH_HEAD
 
     def encode(self) -> tuple[list[bytes], list[Arg]]:
         """This write's keys and arguments, in its script's per-write layout."""
@@ -123,8 +123,10 @@ class ScriptBatch:
     ) -> list[bool]:
         """Apply ``writes`` in one script call; per write, whether its re-check passed."""
         fence_key, token = _fence_args(fence)
-        keys: list[bytes] = [fence_key]
-        args: list[Arg] = [token, *([repr(now)] if cls.takes_now else []), len(writes)]
+        values: dict[str, Arg] = {"token": token, "count": len(writes)}
+        if "now" in cls.head.args:
+            values["now"] = repr(now)
+        keys, args = cls.head.encode({"lease": fence_key}, values)
         for write in writes:
             more_keys, more_args = cast("ScriptBatch", write).encode()
             keys += more_keys
@@ -162,29 +164,31 @@ class DeleteJob(ScriptBatch):
 
     source: ClassVar[str] = scripts.DELETE_TERMINAL_JOBS
     what: ClassVar[str] = "deletes"
-    takes_now: ClassVar[bool] = True
+    head: ClassVar[scripts.Slots] = scripts.BATCH_HEAD_NOW
 
     def encode(self) -> tuple[list[bytes], list[Arg]]:
-        """Keys and arguments per ``scripts.DELETE_TERMINAL_JOBS``."""
-        keys = [
-            self.job_key,
-            self.registry,
-            self.started,
-            self.dependents,
-            self.group or self.job_key,
-        ]
-        args: list[Arg] = [
-            len(self.side_keys),
-            len(self.execution_keys),
-            len(self.started_members),
-        ]
-        args += [self.job_id, b"|" + b"|".join(self.statuses) + b"|", self.origin]
-        args += [
-            self.ended_at,
-            self.score,
-            self.dependents_count,
-            1 if self.group else 0,
-        ]
+        """Keys and arguments per ``scripts.DELETE_JOB``, then the variable tails."""
+        keys, args = scripts.DELETE_JOB.encode(
+            {
+                "job": self.job_key,
+                "registry": self.registry,
+                "started": self.started,
+                "dependents": self.dependents,
+                "group": self.group or self.job_key,
+            },
+            {
+                "nside": len(self.side_keys),
+                "nexec": len(self.execution_keys),
+                "nmembers": len(self.started_members),
+                "id": self.job_id,
+                "statuses": b"|" + b"|".join(self.statuses) + b"|",
+                "origin": self.origin,
+                "ended_at": self.ended_at,
+                "score": self.score,
+                "ndeps": self.dependents_count,
+                "has_group": 1 if self.group else 0,
+            },
+        )
         return [*keys, *self.side_keys, *self.execution_keys], [
             *args,
             *self.started_members,
@@ -195,19 +199,19 @@ class DeleteJob(ScriptBatch):
 class RecoverJob(ScriptBatch):
     """Move an abandoned job on (fail, enqueue or schedule it) if all the evidence still holds.
 
-    ``keys`` and ``args`` follow ``scripts.RECOVER_ABANDONED_JOBS``: 14 keys and 16 arguments per job.
+    ``keys`` and ``args`` hold the values of ``scripts.RECOVER_JOB``'s slots, by name.
     """
 
-    keys: tuple[bytes, ...]
-    args: tuple[bytes, ...]
+    keys: Mapping[str, bytes]
+    args: Mapping[str, bytes]
 
     source: ClassVar[str] = scripts.RECOVER_ABANDONED_JOBS
     what: ClassVar[str] = "recoveries"
-    takes_now: ClassVar[bool] = True
+    head: ClassVar[scripts.Slots] = scripts.BATCH_HEAD_NOW
 
     def encode(self) -> tuple[list[bytes], list[Arg]]:
-        """Keys and arguments per ``scripts.RECOVER_ABANDONED_JOBS``."""
-        return list(self.keys), list(self.args)
+        """Keys and arguments per ``scripts.RECOVER_JOB``."""
+        return scripts.RECOVER_JOB.encode(self.keys, dict(self.args))
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,13 +238,12 @@ class RecordSuspects:
         done = []
         for write in writes:
             record = cast("RecordSuspects", write)
-            pairs = [part for pair in record.members for part in pair]
-            reply = run_script(
-                client,
-                cls.source,
-                [fence_key, record.key],
-                [token, record.ttl_s, *pairs],
+            keys, args = scripts.SUSPECTS_HEAD.encode(
+                {"lease": fence_key, "suspects": record.key},
+                {"token": token, "ttl": record.ttl_s},
             )
+            pairs = [part for pair in record.members for part in pair]
+            reply = run_script(client, cls.source, keys, [*args, *pairs])
             done += _flags([reply], "suspects")
         return done
 
@@ -257,12 +260,17 @@ def run_fenced(
     client: redis.Redis,
     source: str,
     fence: Fence | None,
-    keys: Sequence[bytes],
-    args: Sequence[bytes | str | int | float],
+    items: Sequence[tuple[list[bytes], list[Arg]]],
 ) -> list[int]:
-    """Run a write script with the lease key and token put first; return its per-write replies."""
+    """Run a batch write script: ``scripts.BATCH_HEAD``, then each item's keys and arguments."""
     fence_key, token = _fence_args(fence)
-    reply = run_script(client, source, [fence_key, *keys], [token, *args])
+    keys, args = scripts.BATCH_HEAD.encode(
+        {"lease": fence_key}, {"token": token, "count": len(items)}
+    )
+    for more_keys, more_args in items:
+        keys += more_keys
+        args += more_args
+    reply = run_script(client, source, keys, args)
     _flags(reply, "writes")  # raises LeadershipLost when the script was fenced out
     return cast("list[int]", reply)
 
@@ -285,11 +293,19 @@ class PruneDeadWorker(ScriptBatch):
     what: ClassVar[str] = "worker prunes"
 
     def encode(self) -> tuple[list[bytes], list[Arg]]:
-        """Keys and arguments per ``scripts.PRUNE_WORKER_MEMBERSHIPS``."""
+        """Keys and arguments per ``scripts.PRUNE_WORKER``, then the worker's sets."""
         check = self.recheck
-        keys = [self.worker_key, check.executions, *self.sets]
-        args: list[Arg] = [len(self.sets), check.reason, check.heartbeat]
-        return keys, [*args, check.channel, check.execution_head]
+        keys, args = scripts.PRUNE_WORKER.encode(
+            {"worker": self.worker_key, "executions": check.executions},
+            {
+                "nsets": len(self.sets),
+                "reason": check.reason,
+                "heartbeat": check.heartbeat,
+                "channel": check.channel,
+                "execution_head": check.execution_head,
+            },
+        )
+        return [*keys, *self.sets], args
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,12 +339,22 @@ class PruneQueue:
             by_set.setdefault(cast("PruneQueue", write).queues_key, []).append(index)
         done = [False] * len(writes)
         for queues_key, indexes in by_set.items():
-            keys: list[bytes] = [fence_key, queues_key]
-            args: list[bytes | str | int | float] = [token, len(indexes)]
+            keys, args = scripts.QUEUES_HEAD.encode(
+                {"lease": fence_key, "queues": queues_key},
+                {"token": token, "count": len(indexes)},
+            )
             for index in indexes:
                 prune = cast("PruneQueue", writes[index])
-                keys += [prune.state_key, *prune.empty_keys]
-                args += [prune.member, prune.empty_since, len(prune.empty_keys)]
+                more_keys, more_args = scripts.PRUNE_QUEUE.encode(
+                    {"state": prune.state_key},
+                    {
+                        "member": prune.member,
+                        "since": prune.empty_since,
+                        "nkeys": len(prune.empty_keys),
+                    },
+                )
+                keys += [*more_keys, *prune.empty_keys]
+                args += more_args
             flags = _flags(run_script(client, cls.source, keys, args), "queue prunes")
             for index, flag in zip(indexes, flags, strict=True):
                 done[index] = flag
@@ -360,4 +386,7 @@ class SetJanitorState(ScriptBatch):
     def encode(self) -> tuple[list[bytes], list[Arg]]:
         """Keys and arguments per ``scripts.SET_JANITOR_STATE``."""
         mode = "del" if self.value is None else "nx" if self.only_if_absent else "set"
-        return [self.key], [mode, self.value or b"", self.ttl_s]
+        return scripts.STATE_WRITE.encode(
+            {"key": self.key},
+            {"mode": mode, "value": self.value or b"", "ttl": self.ttl_s},
+        )

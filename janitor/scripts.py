@@ -8,8 +8,66 @@ writes without a lease (library use and tests).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from janitor.jobs import TERMINAL_STATUSES
+
 FENCED_OUT = -1
 """What a script returns when the lease token no longer matches."""
+
+Arg = bytes | str | int | float
+"""One argument of a script call."""
+
+
+def _slot(table: str, base: str, index: int) -> str:
+    if base.isdigit():
+        return f"{table}[{int(base) + index}]"
+    return f"{table}[{base}]" if index == 0 else f"{table}[{base} + {index}]"
+
+
+@dataclass(frozen=True, slots=True)
+class Slots:
+    """The KEYS and ARGV slots of one part of a script's call (its head, or one item of a batch), by name.
+
+    The one description of the layout: the script binds the names as locals at the
+    part's offsets (``bind``, generated into the script's text), and the Python that
+    encodes a call puts its values in the same order by name (``encode``), so an offset
+    cannot drift between the two. Counts and variable-length tails follow the named
+    slots, as each script says.
+    """
+
+    keys: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+
+    def bind(self, k: str = "k", a: str = "a") -> str:
+        """Lua: ``local <names> = KEYS[k], KEYS[k + 1], ...`` and the same for ARGV at ``a``."""
+        lines = []
+        for names, table, base in ((self.keys, "KEYS", k), (self.args, "ARGV", a)):
+            if names:
+                values = ", ".join(_slot(table, base, i) for i in range(len(names)))
+                lines.append(f"local {', '.join(names)} = {values}")
+        return "\n".join(lines) + "\n"
+
+    def encode(
+        self, keys: Mapping[str, bytes], args: Mapping[str, Arg]
+    ) -> tuple[list[bytes], list[Arg]]:
+        """The values of ``keys`` and ``args``, by name, in this layout's order.
+
+        Raises:
+            ValueError: a name is missing or not in the layout.
+        """
+        if set(keys) != set(self.keys) or set(args) != set(self.args):
+            msg = f"slots {self.keys} / {self.args} got {sorted(keys)} / {sorted(args)}"
+            raise ValueError(msg)
+        return [keys[n] for n in self.keys], [args[n] for n in self.args]
+
+
+BATCH_HEAD = Slots(keys=("lease",), args=("token", "count"))
+"""The head of a batch write script's call: the lease and its token, the number of writes."""
+BATCH_HEAD_NOW = Slots(keys=("lease",), args=("token", "now", "count"))
+"""The same, for scripts that take the time."""
+
 
 _FENCE = """
 if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
@@ -89,26 +147,50 @@ local function worker_still_dead(worker, reason, heartbeat, channel, executions,
 end
 """
 
+DELETE_JOB = Slots(
+    keys=("job", "registry", "started", "dependents", "group"),
+    args=(
+        "nside",
+        "nexec",
+        "nmembers",
+        "id",
+        "statuses",
+        "origin",
+        "ended_at",
+        "score",
+        "ndeps",
+        "has_group",
+    ),
+)
+"""One job of ``DELETE_TERMINAL_JOBS``: its job hash, registry, started registry,
+dependents set and group set (the job hash again when it has no group); the numbers of
+side keys, execution hashes and started-registry members that follow, its id, the
+statuses it may have (``|failed|stopped|``), origin, ended_at, registry score, number
+of dependents, and whether it has a group (``1``/``0``)."""
+
 DELETE_TERMINAL_JOBS = (
     _FENCE
     + _GUARDS
     + """
 -- Deletes a batch of terminal jobs with everything that belongs to them, each only if
 -- it is still exactly as the janitor saw it when it planned the delete.
--- ARGV: 1 token, 2 now, 3 job count, then per job:
---   nside, nexec, nmembers, id, statuses ('|failed|stopped|'), origin, ended_at,
---   registry score, dependents count, has group ('1'/'0'), members...
--- KEYS: 1 lease, then per job: job hash, registry, started registry, dependents set,
---   group set (a dummy when no group), side keys (nside), execution hashes (nexec).
-local now = tonumber(ARGV[2])
-local k, a = 2, 4
-local out = {}
-for j = 1, tonumber(ARGV[3]) do
-  local job, registry, started, dependents, group = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
-  local nside, nexec, nmembers = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  local id, statuses, origin = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
-  local ended_at, score, ndeps, has_group = ARGV[a + 6], ARGV[a + 7], tonumber(ARGV[a + 8]), ARGV[a + 9]
-  local side0, exec0, member0 = k + 5, k + 5 + nside, a + 10
+-- Slots: BATCH_HEAD_NOW, then per job DELETE_JOB followed by its side keys (nside) and
+-- execution hashes (nexec) in KEYS and its started-registry members (nmembers) in ARGV.
+"""
+    + BATCH_HEAD_NOW.bind(k="1", a="1")
+    + f"""
+now = tonumber(now)
+local k, a = {1 + len(BATCH_HEAD_NOW.keys)}, {1 + len(BATCH_HEAD_NOW.args)}
+local out = {{}}
+for j = 1, tonumber(count) do
+"""
+    + DELETE_JOB.bind()
+    + f"""
+  nside, nexec, nmembers, ndeps = tonumber(nside), tonumber(nexec), tonumber(nmembers), tonumber(ndeps)
+  local side0 = k + {len(DELETE_JOB.keys)}
+  local exec0, member0 = side0 + nside, a + {len(DELETE_JOB.args)}
+"""
+    + """
   local ok = 1
   local h, read_h = read('HMGET', job, 'status', 'origin', 'ended_at')
   local current, read_z = read('ZSCORE', registry, id)
@@ -138,8 +220,8 @@ for j = 1, tonumber(ARGV[3]) do
     if has_group == '1' then redis.call('SREM', group, id) end
   end
   out[j] = ok
-  k = k + 5 + nside + nexec
-  a = a + 10 + nmembers
+  k = exec0 + nexec
+  a = member0 + nmembers
 end
 return out
 """
@@ -175,6 +257,26 @@ end
 """
 
 
+TEMPLATE_NAMES = ("jh", "jt", "dh", "dt", "ph", "pt", "rh", "rt", "eh", "et")
+"""The text before (``h``) and after (``t``) the job id in a job's keys: job hash,
+dependents, dependencies (``p``: parents), results, executions."""
+EXPIRE_HEAD = Slots(
+    keys=("lease",), args=("token", "apply", "budget", *TEMPLATE_NAMES, "nreg")
+)
+"""``EXPIRE_TERMINAL_JOBS``' call head: the lease, its token, ``1`` to delete (``0``
+only judges: a dry run), the budget (entries to walk at most, overrun by at most one
+small registry), the key templates, the number of registries."""
+EXPIRE_REGISTRY = Slots(
+    keys=("registry", "started"), args=("origin", "cursor", "nstates")
+)
+"""One registry of ``EXPIRE_TERMINAL_JOBS``: it and its queue's started registry; the
+queue name, the cursor to go on from (``0`` to start) and the number of statuses that
+follow (each ``EXPIRE_STATUS``)."""
+EXPIRE_STATUS = Slots(args=("status", "cutoff", "capped"))
+"""One status of a registry: the status, its cutoff (``expiry.cutoff_text``: an ended_at at
+or before it is past the age rule, exactly as ``expiry.past_age`` decides), and ``1``
+when a keep_last cap applies to it."""
+
 EXPIRE_TERMINAL_JOBS = (
     _FENCE
     + _GUARDS
@@ -197,26 +299,24 @@ EXPIRE_TERMINAL_JOBS = (
 -- the walk pass over as many: the next run gets them.) Every page answers each
 -- registry's next cursor, and the next page starts from it, in a real and a dry run
 -- alike: the same code, a dry run only does not write.
--- ARGV: 1 token, 2 '1' to delete ('0' only judges: a dry run), 3 budget (entries to walk
---   at most, overrun by at most one small registry), 4 to 13 head and tail of: job hash,
---   dependents, dependencies, results, executions; 14 registry count, then per registry:
---   origin, cursor ('0' to start), status count, then per status: status, cutoff
---   (expiry.cutoff_text: an ended_at at or before it is past the age rule, exactly as
---   expiry.past_age decides), capped ('1' when a keep_last cap applies to the status).
--- KEYS: 1 lease, then per registry: registry, started registry; then the memo keys of
---   answered pages, which no retry can need any more: deleted here, instead of in a
---   command of their own.
+-- Slots: EXPIRE_HEAD, then per registry EXPIRE_REGISTRY followed by its statuses'
+--   EXPIRE_STATUS; then in KEYS the memo keys of answered pages, which no retry can need
+--   any more: deleted here, instead of in a command of their own.
 -- Returns {cursors, found, slow}: per registry its next cursor ('0' done, '-' not reached
 --   within the budget, 'x' not a sorted set, then nothing after it is walked either, or
 --   its started registry is not one: plan it the ordinary way); per registry one string of what was deleted (in a dry run: would
 --   be), per job a letter for its status ('a' = the registry's first), its 27-character
 --   ended_at, the id's length, ':' and the id; slow: registry index, id and score of
 --   each entry to plan the ordinary way.
-local apply, budget = ARGV[2] == '1', tonumber(ARGV[3])
-local jh, jt, dh, dt, ph, pt = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
-local rh, rt, eh, et = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
-local nreg, a, judged, stopped = tonumber(ARGV[14]), 15, 0, false
-if apply and #KEYS > 1 + 2 * nreg then redis.call('UNLINK', unpack(KEYS, 2 + 2 * nreg, #KEYS)) end
+"""
+    + EXPIRE_HEAD.bind(k="1", a="1")
+    + f"""
+apply, budget, nreg = apply == '1', tonumber(budget), tonumber(nreg)
+local k, a, judged, stopped = {1 + len(EXPIRE_HEAD.keys)}, {1 + len(EXPIRE_HEAD.args)}, 0, false
+local memos0 = k + {len(EXPIRE_REGISTRY.keys)} * nreg
+if apply and #KEYS >= memos0 then redis.call('UNLINK', unpack(KEYS, memos0, #KEYS)) end
+"""
+    + """
 local cursors, found, slow, ns = {}, {}, {}, 0
 -- A job's dependents and execution registry: whether both read, and their sizes.
 local function side(dependents, executions)
@@ -309,14 +409,21 @@ local function judge(r, registry, started, origin, states, members, items, out, 
   return n, kept, last
 end
 for r = 1, nreg do
-  local registry, started = KEYS[2 * r], KEYS[2 * r + 1]
-  local origin, cursor, nstates = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
-  local states = {}
-  a = a + 3
+"""
+    + EXPIRE_REGISTRY.bind()
+    + f"""
+  nstates = tonumber(nstates)
+  k, a = k + {len(EXPIRE_REGISTRY.keys)}, a + {len(EXPIRE_REGISTRY.args)}
+  local states = {{}}
   for s = 1, nstates do
-    states[ARGV[a]] = {string.char(96 + s), ARGV[a + 1], ARGV[a + 2] == '1'}
-    a = a + 3
+"""
+    + EXPIRE_STATUS.bind()
+    + f"""
+    states[status] = {{string.char(96 + s), cutoff, capped == '1'}}
+    a = a + {len(EXPIRE_STATUS.args)}
   end
+"""
+    + """
   found[r] = ''
   if judged >= budget or stopped then
     cursors[r] = '-'
@@ -357,6 +464,51 @@ return {cursors, found, slow}
 """
 )
 
+RECOVER_JOB = Slots(
+    keys=(
+        "job",
+        "started",
+        "worker",
+        "execution",
+        "executions",
+        "worker_execs",
+        "suspects",
+        "failed",
+        "queue",
+        "queues",
+        "scheduled",
+        "dependents",
+        "dependencies",
+        "results",
+    ),
+    args=(
+        "member",
+        "id",
+        "exec_id",
+        "score",
+        "worker_state",
+        "heartbeat",
+        "fingerprint",
+        "mode",
+        "ttl",
+        "now_text",
+        "at",
+        "retries",
+        "queue_key",
+        "exc",
+        "channel",
+        "execution_head",
+    ),
+)
+"""One job of ``RECOVER_ABANDONED_JOBS``. KEYS: the job hash, started registry, worker
+hash, execution hash, execution registry, worker executions set, suspects hash, failed
+registry, queue list, ``rq:queues``, scheduled registry, dependents, dependencies, result
+stream. ARGV: the started-registry member, job id, execution id, score, the worker's dead
+reason (``hash_expired`` or ``zombie``) and heartbeat, the suspect's fingerprint, mode
+(``fail`` | ``enqueue`` | ``schedule``), failure ttl, now as RQ's utcformat, schedule-at
+epoch, retries_left to write ('' = leave), the queue key for ``rq:queues``, the failure
+result's exc_string ('' = write none), the worker's command channel, the execution head."""
+
 RECOVER_ABANDONED_JOBS = (
     _FENCE
     + _GUARDS
@@ -366,26 +518,18 @@ RECOVER_ABANDONED_JOBS = (
 -- of evidence still holds: status started, the same started-registry score (no heartbeat
 -- since) and already past, the worker still dead for the same reason (worker_still_dead),
 -- no live execution hash of the job, and the suspect recorded by the previous pass unchanged.
--- ARGV: 1 token, 2 now, 3 job count, then per job (16): member, job id, execution id,
---   score, worker dead reason ('hash_expired' or 'zombie'), its heartbeat, fingerprint,
---   mode ('fail' | 'enqueue' | 'schedule'), failure ttl, now as RQ's utcformat,
---   schedule-at epoch, retries_left to write ('' = leave), queue key for rq:queues,
---   failure result exc_string ('' = write none), worker command channel, execution head.
--- KEYS: 1 lease, then per job (14): job, started registry, worker hash, execution hash,
---   execution registry, worker executions set, suspects hash, failed registry, queue list,
---   rq:queues, scheduled registry, dependents, dependencies, result stream.
-local now = tonumber(ARGV[2])
-local k, a = 2, 4
-local out = {}
-for j = 1, tonumber(ARGV[3]) do
-  local job, started, worker, execution = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
-  local executions, worker_execs, suspects = KEYS[k + 4], KEYS[k + 5], KEYS[k + 6]
-  local failed, queue, queues, scheduled = KEYS[k + 7], KEYS[k + 8], KEYS[k + 9], KEYS[k + 10]
-  local dependents, dependencies, results = KEYS[k + 11], KEYS[k + 12], KEYS[k + 13]
-  local member, id, exec_id, score = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local worker_state, heartbeat, fingerprint, mode = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7]
-  local ttl, now_text, at, retries = tonumber(ARGV[a + 8]), ARGV[a + 9], ARGV[a + 10], ARGV[a + 11]
-  local queue_key, exc, channel, execution_head = ARGV[a + 12], ARGV[a + 13], ARGV[a + 14], ARGV[a + 15]
+-- Slots: BATCH_HEAD_NOW, then RECOVER_JOB per job.
+"""
+    + BATCH_HEAD_NOW.bind(k="1", a="1")
+    + f"""
+now = tonumber(now)
+local k, a = {1 + len(BATCH_HEAD_NOW.keys)}, {1 + len(BATCH_HEAD_NOW.args)}
+local out = {{}}
+for j = 1, tonumber(count) do
+"""
+    + RECOVER_JOB.bind()
+    + """
+  ttl = tonumber(ttl)
   local ok = 1
   local current = read('ZSCORE', started, member)
   local status = read('HGET', job, 'status')
@@ -433,23 +577,40 @@ for j = 1, tonumber(ARGV[3]) do
     end
   end
   out[j] = ok
-  k = k + 14
-  a = a + 16
+"""
+    + f"""
+  k, a = k + {len(RECOVER_JOB.keys)}, a + {len(RECOVER_JOB.args)}
 end
 return out
 """
 )
 
+SUSPECTS_HEAD = Slots(keys=("lease", "suspects"), args=("token", "ttl"))
+"""``RECORD_SUSPECTS``' call: the lease, the queue's suspects hash, the token, the TTL;
+then (member, fingerprint) pairs in ARGV."""
+
 RECORD_SUSPECTS = (
     _FENCE
     + """
 -- Remembers started-registry members seen abandoned, for the next pass to confirm.
--- KEYS: 1 lease, 2 suspects hash. ARGV: 1 token, 2 ttl, then member, fingerprint pairs.
-for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
-redis.call('EXPIRE', KEYS[2], ARGV[2])
+-- Slots: SUSPECTS_HEAD, then member, fingerprint pairs.
+"""
+    + SUSPECTS_HEAD.bind(k="1", a="1")
+    + f"""
+for i = {1 + len(SUSPECTS_HEAD.args)}, #ARGV, 2 do redis.call('HSET', suspects, ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', suspects, ttl)
 return 1
 """
 )
+
+PRUNE_WORKER = Slots(
+    keys=("worker", "executions"),
+    args=("nsets", "reason", "heartbeat", "channel", "execution_head"),
+)
+"""One worker of ``PRUNE_WORKER_MEMBERSHIPS``: its hash key (also the set member) and
+executions set; the number of its sets that follow in KEYS, its dead reason
+(``hash_expired`` or ``zombie``), the last_heartbeat judged ('' when none), its command
+channel and the execution head."""
 
 PRUNE_WORKER_MEMBERSHIPS = (
     _FENCE
@@ -459,34 +620,41 @@ PRUNE_WORKER_MEMBERSHIPS = (
 -- Removes dead workers from worker sets, each only if it is still dead for the same
 -- reason (worker_still_dead): a worker restarting under the same name re-creates its hash
 -- and re-adds itself (register_birth); a zombie hash is deleted too.
--- ARGV: 1 token, 2 worker count, then per worker (5): its number of sets, dead reason
---   ('hash_expired' or 'zombie'), last_heartbeat judged ('' when none), command channel,
---   execution head.
--- KEYS: 1 lease, then per worker: its hash key (which is also the set member), its
---   executions set, its sets.
+-- Slots: BATCH_HEAD, then per worker PRUNE_WORKER followed by its sets in KEYS.
 -- Returns per worker 1 when it was handled: removed from at least one set, or its
 -- zombie hash deleted.
-local k, a, out = 2, 3, {}
-for j = 1, tonumber(ARGV[2]) do
-  local worker, executions = KEYS[k], KEYS[k + 1]
-  local nsets, reason, heartbeat, channel, head = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+"""
+    + BATCH_HEAD.bind(k="1", a="1")
+    + f"""
+local k, a, out = {1 + len(BATCH_HEAD.keys)}, {1 + len(BATCH_HEAD.args)}, {{}}
+for j = 1, tonumber(count) do
+"""
+    + PRUNE_WORKER.bind()
+    + f"""
+  nsets = tonumber(nsets)
+  local sets0 = k + {len(PRUNE_WORKER.keys)}
   local done = 0
-  if worker_still_dead(worker, reason, heartbeat, channel, executions, head) then
+  if worker_still_dead(worker, reason, heartbeat, channel, executions, execution_head) then
     if reason == 'zombie' then
       redis.call('UNLINK', worker)
       done = 1
     end
-    for s = k + 2, k + 1 + nsets do
+    for s = sets0, sets0 + nsets - 1 do
       if writable(KEYS[s], 'set') then done = done + redis.call('SREM', KEYS[s], worker) end
     end
   end
   out[j] = done > 0 and 1 or 0
-  k = k + 2 + nsets
-  a = a + 5
+  k, a = sets0 + nsets, a + {len(PRUNE_WORKER.args)}
 end
 return out
 """
 )
+
+QUEUES_HEAD = Slots(keys=("lease", "queues"), args=("token", "count"))
+"""``PRUNE_EMPTY_QUEUES``' call head: the lease, ``rq:queues``, the token, the number of queues."""
+PRUNE_QUEUE = Slots(keys=("state",), args=("member", "since", "nkeys"))
+"""One queue of ``PRUNE_EMPTY_QUEUES``: its empty-since key; its ``rq:queues`` member,
+the empty-since value the plan read, and the number of the queue's keys that follow."""
 
 PRUNE_EMPTY_QUEUES = (
     _FENCE
@@ -495,40 +663,54 @@ PRUNE_EMPTY_QUEUES = (
 -- Removes queues from rq:queues, each only if the janitor's empty-since record is the one
 -- the plan read and none of the queue's keys exists (Redis deletes empty lists, sets and
 -- sorted sets, so EXISTS is the emptiness check). Drops the record with the member.
--- ARGV: 1 token, 2 queue count, then per queue: rq:queues member, empty-since value,
---   number of queue keys.
--- KEYS: 1 lease, 2 rq:queues, then per queue: empty-since key, the queue's keys.
-local k, a, out = 3, 3, {}
-local listed = writable(KEYS[2], 'set')
-for j = 1, tonumber(ARGV[2]) do
-  local state, member, since, nkeys = KEYS[k], ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+-- Slots: QUEUES_HEAD, then per queue PRUNE_QUEUE followed by the queue's keys.
+"""
+    + QUEUES_HEAD.bind(k="1", a="1")
+    + f"""
+local k, a, out = {1 + len(QUEUES_HEAD.keys)}, {1 + len(QUEUES_HEAD.args)}, {{}}
+local listed = writable(queues, 'set')
+for j = 1, tonumber(count) do
+"""
+    + PRUNE_QUEUE.bind()
+    + f"""
+  nkeys = tonumber(nkeys)
+  local keys0 = k + {len(PRUNE_QUEUE.keys)}
   local ok = 0
   if listed and read('GET', state) == since then
     local busy = 0
-    for x = k + 1, k + nkeys do busy = busy + redis.call('EXISTS', KEYS[x]) end
+    for x = keys0, keys0 + nkeys - 1 do busy = busy + redis.call('EXISTS', KEYS[x]) end
     if busy == 0 then
-      ok = redis.call('SREM', KEYS[2], member)
+      ok = redis.call('SREM', queues, member)
       redis.call('DEL', state)
     end
   end
   out[j] = ok
-  k = k + 1 + nkeys
-  a = a + 3
+  k, a = keys0 + nkeys, a + {len(PRUNE_QUEUE.args)}
 end
 return out
 """
 )
 
+STATE_WRITE = Slots(keys=("key",), args=("mode", "value", "ttl"))
+"""One key of ``SET_JANITOR_STATE``: a state key (under ``janitor:``, checked by the
+caller); mode (``set``, ``nx`` or ``del``), value, TTL in seconds."""
+
 SET_JANITOR_STATE = (
     _FENCE
     + """
 -- Sets (with a TTL), sets-if-absent or deletes keys of the janitor's own state.
--- ARGV: 1 token, 2 key count, then per key: mode ('set', 'nx' or 'del'), value, ttl seconds.
--- KEYS: 1 lease, then the state keys (all under janitor:, checked by the caller).
-local out = {}
-for j = 1, tonumber(ARGV[2]) do
-  local key, a = KEYS[1 + j], 3 + 3 * (j - 1)
-  local mode, value, ttl = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+-- Slots: BATCH_HEAD, then STATE_WRITE per key.
+"""
+    + BATCH_HEAD.bind(k="1", a="1")
+    + f"""
+local k, a, out = {1 + len(BATCH_HEAD.keys)}, {1 + len(BATCH_HEAD.args)}, {{}}
+for j = 1, tonumber(count) do
+"""
+    + STATE_WRITE.bind()
+    + f"""
+  k, a = k + {len(STATE_WRITE.keys)}, a + {len(STATE_WRITE.args)}
+"""
+    + """
   local done
   if mode == 'del' then done = redis.call('DEL', key)
   elseif mode == 'nx' then done = redis.call('SET', key, value, 'EX', ttl, 'NX')
@@ -540,21 +722,32 @@ return out
 """
 )
 
+MARKER_WRITE = Slots(keys=("marker",), args=("op", "marker_token", "ttl"))
+"""One marker of ``CLEANING_MARKER``: ``rq:clean_registries:<q>``; op (``take`` or
+``give``), the run's marker token, TTL in seconds."""
+
 CLEANING_MARKER = (
     _FENCE
     + """
 -- Takes ('take': SET NX EX, so a TTL from birth) or gives back ('give': DEL only while
--- it holds this run's token) rq:clean_registries:<q> markers. KEYS: 1 lease, then the
--- markers. ARGV: 1 token, 2 count, then per marker: op, marker token, ttl seconds.
-local out = {}
-for j = 1, tonumber(ARGV[2]) do
-  local key, a = KEYS[1 + j], 3 + 3 * (j - 1)
-  local op, token, ttl = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+-- it holds this run's token) rq:clean_registries:<q> markers.
+-- Slots: BATCH_HEAD, then MARKER_WRITE per marker.
+"""
+    + BATCH_HEAD.bind(k="1", a="1")
+    + f"""
+local k, a, out = {1 + len(BATCH_HEAD.keys)}, {1 + len(BATCH_HEAD.args)}, {{}}
+for j = 1, tonumber(count) do
+"""
+    + MARKER_WRITE.bind()
+    + f"""
+  k, a = k + {len(MARKER_WRITE.keys)}, a + {len(MARKER_WRITE.args)}
+"""
+    + """
   out[j] = 0
   if op == 'take' then
-    if redis.call('SET', key, token, 'NX', 'EX', ttl) then out[j] = 1 end
-  elseif redis.call('TYPE', key)['ok'] == 'string' and redis.call('GET', key) == token then
-    out[j] = redis.call('DEL', key)
+    if redis.call('SET', marker, marker_token, 'NX', 'EX', ttl) then out[j] = 1 end
+  elseif redis.call('TYPE', marker)['ok'] == 'string' and redis.call('GET', marker) == marker_token then
+    out[j] = redis.call('DEL', marker)
   end
 end
 return out
@@ -562,21 +755,33 @@ return out
 )
 """Takes and gives back queue maintenance markers (``clean_registries``)."""
 
+_TERMINAL_TABLE = (
+    "local terminal = {" + ", ".join(f"{s} = true" for s in TERMINAL_STATUSES) + "}\n"
+)
+"""Lua: the terminal statuses (``jobs.TERMINAL_STATUSES``) as a set."""
+
+CLEAN_ENTRY = Slots(
+    keys=("marker", "registry", "job", "prefix_job", "execution"),
+    args=("op", "marker_token", "member", "score", "colon"),
+)
+"""One write of ``CLEAN_REGISTRY_ENTRIES``: the queue's marker, the registry, the
+member's job hash, the job hash of the part before its last colon, that part's execution
+hash; op, the run's marker token, member, score, colon (``1``/``0``)."""
+
 CLEAN_REGISTRY_ENTRIES = (
     _FENCE
     + _GUARDS
+    + _TERMINAL_TABLE
     + """
 -- RQ's registry hygiene, only while the queue's marker holds this run's token, each entry
--- re-checked; returns per write the number of entries removed. ARGV: 1 token, 2 count,
--- then per write: op, marker token, member, score, colon ('1'/'0'). KEYS: 1 lease, then
--- per write: marker, registry, job hash, prefix job hash, execution hash.
+-- re-checked; returns per write the number of entries removed.
+-- Slots: BATCH_HEAD, then CLEAN_ENTRY per write.
 --   expire: ZREMRANGEBYSCORE registry 0 score, exactly as RQ's cleanup.
 --   gone:   ZREM member if its score is unchanged and its job hash is still missing.
 --   wip:    ZREM a started member scored in [0, score] if no job hash exists under
 --           either reading of it (1.x '<id>', 2.x '<id>:<exec>'), or its job is
 --           terminal and (2.x) the execution hash is gone (docs/keyspace.md,
 --           "Registry entries and side keys", item 2).
-local terminal = {finished = true, failed = true, stopped = true, canceled = true}
 local function is_terminal(job)
   local status = read('HGET', job, 'status')
   return status and terminal[status] or false
@@ -588,42 +793,54 @@ local function stale(registry, member, cutoff, job, prefix_job, execution, colon
   if colon ~= '1' or redis.call('EXISTS', prefix_job) == 0 then return true end
   return is_terminal(prefix_job) and redis.call('EXISTS', execution) == 0
 end
-local out = {}
-local k, a = 2, 3
-for j = 1, tonumber(ARGV[2]) do
-  local marker, registry, job = KEYS[k], KEYS[k + 1], KEYS[k + 2]
-  local op, token, member, score = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+"""
+    + BATCH_HEAD.bind(k="1", a="1")
+    + f"""
+local k, a, out = {1 + len(BATCH_HEAD.keys)}, {1 + len(BATCH_HEAD.args)}, {{}}
+for j = 1, tonumber(count) do
+"""
+    + CLEAN_ENTRY.bind()
+    + f"""
+  k, a = k + {len(CLEAN_ENTRY.keys)}, a + {len(CLEAN_ENTRY.args)}
+"""
+    + """
   local done = 0
-  if read('GET', marker) == token and writable(registry, 'zset') then
+  if read('GET', marker) == marker_token and writable(registry, 'zset') then
     if op == 'expire' then
       done = redis.call('ZREMRANGEBYSCORE', registry, 0, score)
     elseif op == 'gone' then
       if read('ZSCORE', registry, member) == score and redis.call('EXISTS', job) == 0 then
         done = redis.call('ZREM', registry, member)
       end
-    elseif stale(registry, member, tonumber(score), job, KEYS[k + 3], KEYS[k + 4], ARGV[a + 4]) then
+    elseif stale(registry, member, tonumber(score), job, prefix_job, execution, colon) then
       done = redis.call('ZREM', registry, member)
     end
   end
   out[j] = done
-  k, a = k + 5, a + 5
 end
 return out
 """
 )
 """Removes expired and dangling registry entries of a queue (``clean_registries``)."""
 
+ORPHAN = Slots(
+    keys=("key", "owner"), args=("kind", "ghost", "status", "heartbeat", "nchildren")
+)
+"""One key of ``DELETE_ORPHANS``: it and its owner job hash; its type, whether it is a
+ghost job hash (``1``/``0``), the planned status and heartbeat (``+`` and the value, ''
+if absent), and the number of child ids (ARGV) and child job hashes (KEYS) that follow."""
+
 DELETE_ORPHANS = (
     _FENCE
     + _GUARDS
+    + _TERMINAL_TABLE
     + """
 -- Deletes keys that belong to no job, each re-checked: still of the planned type and
 -- without TTL, and its owner job hash still missing; a dependents set must hold exactly
 -- the planned children, each missing or terminal. A ghost job hash must still lack
 -- 'data' with 'status' and 'last_heartbeat' as planned ('+' .. value, '' if absent).
--- ARGV: 1 token, 2 count, then per key: type, ghost ('1'/'0'), status, heartbeat, child
--- count n, the n child ids. KEYS: 1 lease, then per key: it, its owner job, n child jobs.
-local terminal = {finished = true, failed = true, stopped = true, canceled = true}
+-- Slots: BATCH_HEAD, then per key ORPHAN followed by its child job hashes (KEYS) and
+-- child ids (ARGV).
 local function field(key, name)
   local value = redis.call('HGET', key, name)
   return value and ('+' .. value) or ''
@@ -637,19 +854,27 @@ local function children_done(key, a, k, n)
   end
   return true
 end
-local out = {}
-local k, a = 2, 3
-for j = 1, tonumber(ARGV[2]) do
-  local key, owner, n = KEYS[k], KEYS[k + 1], tonumber(ARGV[a + 4])
-  local ok = redis.call('PTTL', key) == -1 and redis.call('TYPE', key)['ok'] == ARGV[a]
-  if ok and ARGV[a + 1] == '1' then
-    ok = redis.call('HEXISTS', key, 'data') == 0 and field(key, 'status') == ARGV[a + 2]
-      and field(key, 'last_heartbeat') == ARGV[a + 3]
+"""
+    + BATCH_HEAD.bind(k="1", a="1")
+    + f"""
+local k, a, out = {1 + len(BATCH_HEAD.keys)}, {1 + len(BATCH_HEAD.args)}, {{}}
+for j = 1, tonumber(count) do
+"""
+    + ORPHAN.bind()
+    + f"""
+  local n = tonumber(nchildren)
+  local children_k, children_a = k + {len(ORPHAN.keys)}, a + {len(ORPHAN.args)}
+"""
+    + """
+  local ok = redis.call('PTTL', key) == -1 and redis.call('TYPE', key)['ok'] == kind
+  if ok and ghost == '1' then
+    ok = redis.call('HEXISTS', key, 'data') == 0 and field(key, 'status') == status
+      and field(key, 'last_heartbeat') == heartbeat
   elseif ok then
-    ok = redis.call('EXISTS', owner) == 0 and (n == 0 or children_done(key, a + 5, k + 2, n))
+    ok = redis.call('EXISTS', owner) == 0 and (n == 0 or children_done(key, children_a, children_k, n))
   end
   out[j] = ok and redis.call('UNLINK', key) or 0
-  k, a = k + 2 + n, a + 5 + n
+  k, a = children_k + n, children_a + n
 end
 return out
 """

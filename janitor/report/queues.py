@@ -356,7 +356,10 @@ def _janitor_columns(
     row.keep_last = retention.keep_last
     ends = [terminal_end(coll.kind, e.score, e.job) for e in matched]
     known = [end for end in ends if end is not None]
-    row.janitor_oldest_at = min(known) + retention.max_age_s if known else None
+    oldest = expiry(
+        end=min(known, default=None), retention=retention, capped=False, now=scope.now
+    )
+    row.janitor_oldest_at = oldest.at
     share = len(matched) / max(len(coll.entries), 1)
     overdue: list[tuple[Entry, float]] = []
     for index, (entry, end) in enumerate(zip(matched, ends, strict=True)):

@@ -101,8 +101,11 @@ class MarkerWrite(ScriptBatch):
     what: ClassVar[str] = "marker writes"
 
     def encode(self) -> tuple[list[bytes], list[Arg]]:
-        """Keys and arguments per ``scripts.CLEANING_MARKER``."""
-        return [self.marker], [self.op, self.token, MARKER_TTL_S]
+        """Keys and arguments per ``scripts.MARKER_WRITE``."""
+        return scripts.MARKER_WRITE.encode(
+            {"marker": self.marker},
+            {"op": self.op, "marker_token": self.token, "ttl": MARKER_TTL_S},
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,13 +137,27 @@ class CleanEntries:
     ) -> list[bool]:
         """Apply the steps in one script call and log how many entries went, per registry."""
         steps = [cast("CleanEntries", write) for write in writes]
-        keys: list[bytes] = []
-        args: list[bytes | str | int | float] = [len(steps)]
+        items: list[tuple[list[bytes], list[Arg]]] = []
         for step in steps:
-            keys += [step.marker, step.registry, *step.job_keys]
-            colon = b":" in step.member
-            args += [step.op, step.token, step.member, step.score, int(colon)]
-        removed = run_fenced(client, cls.source, fence, keys, args)
+            job, prefix_job, execution = step.job_keys
+            item = scripts.CLEAN_ENTRY.encode(
+                {
+                    "marker": step.marker,
+                    "registry": step.registry,
+                    "job": job,
+                    "prefix_job": prefix_job,
+                    "execution": execution,
+                },
+                {
+                    "op": step.op,
+                    "marker_token": step.token,
+                    "member": step.member,
+                    "score": step.score,
+                    "colon": int(b":" in step.member),
+                },
+            )
+            items.append(item)
+        removed = run_fenced(client, cls.source, fence, items)
         counts: Counter[tuple[str, str]] = Counter()
         for step, count in zip(steps, removed, strict=True):
             counts[to_text(step.queue), step.registry_name] += count

@@ -173,42 +173,44 @@ class RecoverAbandoned:
         failure_ttl = parse_int(entry.fields[5])
         keys = ctx.keys
         write = RecoverJob(
-            keys=(
-                keys.job(entry.job_id),
-                keys.started(queue),
-                keys.worker(worker_name),
-                keys.execution(entry.job_id, entry.execution_id or b""),
-                keys.executions(entry.job_id),
-                worker.executions,
-                keys.abandoned_suspects(queue),
-                keys.failed(queue),
-                keys.queue(queue),
-                keys.queues(),
-                keys.scheduled(queue),
-                keys.dependents(entry.job_id),
-                keys.dependencies(entry.job_id),
-                keys.results(entry.job_id),
-            ),
-            args=(
-                entry.member,
-                entry.job_id,
-                entry.execution_id or b"",
-                entry.score,
-                worker.reason,
-                worker.heartbeat,
-                fingerprint,
-                mode.encode(),
-                str(
+            keys={
+                "job": keys.job(entry.job_id),
+                "started": keys.started(queue),
+                "worker": keys.worker(worker_name),
+                "execution": keys.execution(entry.job_id, entry.execution_id or b""),
+                "executions": keys.executions(entry.job_id),
+                "worker_execs": worker.executions,
+                "suspects": keys.abandoned_suspects(queue),
+                "failed": keys.failed(queue),
+                "queue": keys.queue(queue),
+                "queues": keys.queues(),
+                "scheduled": keys.scheduled(queue),
+                "dependents": keys.dependents(entry.job_id),
+                "dependencies": keys.dependencies(entry.job_id),
+                "results": keys.results(entry.job_id),
+            },
+            args={
+                "member": entry.member,
+                "id": entry.job_id,
+                "exec_id": entry.execution_id or b"",
+                "score": entry.score,
+                "worker_state": worker.reason,
+                "heartbeat": worker.heartbeat,
+                "fingerprint": fingerprint,
+                "mode": mode.encode(),
+                "ttl": str(
                     DEFAULT_FAILURE_TTL if failure_ttl is None else failure_ttl
                 ).encode(),
-                format_rq_time(ctx.now).encode(),
-                repr(at).encode(),
-                retries,
-                keys.queue(queue),
-                _failure_result(ctx.now) if entry.execution_id is not None else b"",
-                worker.channel,
-                worker.execution_head,
-            ),
+                "now_text": format_rq_time(ctx.now).encode(),
+                "at": repr(at).encode(),
+                "retries": retries,
+                "queue_key": keys.queue(queue),
+                "exc": _failure_result(ctx.now)
+                if entry.execution_id is not None
+                else b"",
+                "channel": worker.channel,
+                "execution_head": worker.execution_head,
+            },
         )
         action = "failed" if mode == "fail" else "requeued"
         return Action(NAME, "job_abandoned", {**event, "action": action}, write)

@@ -90,9 +90,17 @@ class DeleteOrphan(ScriptBatch):
 
     def encode(self) -> tuple[list[bytes], list[Arg]]:
         """Keys and arguments per ``scripts.DELETE_ORPHANS``."""
-        keys = [self.key, self.owner, *self.child_keys]
-        args: list[Arg] = [self.type_, int(self.ghost), self.status, self.heartbeat]
-        return keys, [*args, len(self.children), *self.children]
+        keys, args = scripts.ORPHAN.encode(
+            {"key": self.key, "owner": self.owner},
+            {
+                "kind": self.type_,
+                "ghost": int(self.ghost),
+                "status": self.status,
+                "heartbeat": self.heartbeat,
+                "nchildren": len(self.children),
+            },
+        )
+        return [*keys, *self.child_keys], [*args, *self.children]
 
 
 @dataclass(frozen=True, slots=True)

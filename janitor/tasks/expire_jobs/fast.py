@@ -84,9 +84,9 @@ class Judge:
     caps: Mapping[str, CapBoundary]
     started: bytes
     statuses: tuple[str, ...]
-    spec: tuple[bytes, ...]
-    """ARGV after the registry's origin and cursor: status count, then per status the
-    status, its cutoff (``expiry.cutoff_text``) and whether a cap applies."""
+    spec: tuple[scripts.Arg, ...]
+    """ARGV after the registry's ``scripts.EXPIRE_REGISTRY`` slots: per status its
+    ``scripts.EXPIRE_STATUS`` (the status, its cutoff, whether a cap applies)."""
     rules: tuple[str, ...]
     """The age rule of each status, in ``statuses``' order (for the audit lines)."""
 
@@ -96,10 +96,18 @@ class Judge:
     ) -> Judge:
         """The cutoffs of ``reg``; ``caps`` are its keep_last boundaries, if any."""
         statuses = tuple(reg.retentions)
-        spec = [str(len(statuses)).encode()]
+        spec: list[scripts.Arg] = []
         for status in statuses:
             limit = cutoff_text(cutoff(ctx.now, reg.retentions[status].max_age_s))
-            spec += [status.encode(), limit, b"1" if status in caps else b"0"]
+            _, status_args = scripts.EXPIRE_STATUS.encode(
+                {},
+                {
+                    "status": status.encode(),
+                    "cutoff": limit,
+                    "capped": b"1" if status in caps else b"0",
+                },
+            )
+            spec += status_args
         started = ctx.keys.started(reg.queue)
         rules = tuple(reg.retentions[status].age_rule for status in statuses)
         return cls(reg, caps, started, statuses, tuple(spec), rules)
@@ -357,7 +365,7 @@ class PageCall:
         self,
         client: redis.Redis,
         conn: Connection,
-        command: Sequence[bytes],
+        command: Sequence[scripts.Arg],
         source: str,
     ) -> None:
         """Send ``command`` on ``conn``; ``source`` is the script it calls by its SHA."""
@@ -442,17 +450,28 @@ class ScanPage:
         self.budget = budget
         write = not dry_run
         self.memo = sweep.memos.next_key() if write else b""
-        keys = [fence.key if fence else b"janitor:no-lease"]
-        args = [
-            fence.token if fence else b"",
-            b"1" if write else b"0",
-            b"%d" % budget,
-            *sweep.templates,
-            b"%d" % len(self.walks),
-        ]
+        keys, args = scripts.EXPIRE_HEAD.encode(
+            {"lease": fence.key if fence else b"janitor:no-lease"},
+            {
+                "token": fence.token if fence else b"",
+                "apply": b"1" if write else b"0",
+                "budget": b"%d" % budget,
+                **dict(zip(scripts.TEMPLATE_NAMES, sweep.templates, strict=True)),
+                "nreg": b"%d" % len(self.walks),
+            },
+        )
         for walk in self.walks:
-            keys += (walk.judge.reg.key, walk.judge.started)
-            args += (walk.judge.reg.queue, walk.cursor, *walk.judge.spec)
+            judge = walk.judge
+            more_keys, more_args = scripts.EXPIRE_REGISTRY.encode(
+                {"registry": judge.reg.key, "started": judge.started},
+                {
+                    "origin": judge.reg.queue,
+                    "cursor": walk.cursor,
+                    "nstates": b"%d" % len(judge.statuses),
+                },
+            )
+            keys += more_keys
+            args += [*more_args, *judge.spec]
         if write:  # the script deletes the memos of answered pages: no retry needs them
             keys += (*sweep.memos.take(), self.memo)
         command = [b"EVALSHA", _SHAS[write], b"%d" % len(keys), *keys, *args]
