@@ -25,6 +25,7 @@ from janitor.liveness import (
     read_workers,
 )
 from tests.engine_run import run_tasks
+from tests.pubsub import listen
 from tests.rqstate import Manifest, produce
 from tests.rqstate.api import running
 from tests.servers import RedisServer
@@ -116,9 +117,7 @@ class TestReadWorkers:
         r.sadd(KEYS.worker_executions("a"), b"j1:e1", b"j2:e2")
         r.hset(KEYS.execution_of_member(b"j1:e1"), "job_id", "j1")
         r.set(KEYS.worker("c"), b"not a hash")
-        pubsub = r.pubsub()
-        pubsub.subscribe(KEYS.pubsub_channel("b"))
-        pubsub.get_message(timeout=1)
+        pubsub = listen(r, KEYS.pubsub_channel("b"))
         try:
             found = read_workers(r, KEYS, [b"a", b"b", b"c"])
         finally:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
 import redis
-from redis.client import PubSub
 from rq import Worker
 
 from janitor.actions import Action, PruneDeadWorker
@@ -23,6 +22,7 @@ from janitor.tasks import prune_workers
 from janitor.tasks.base import TaskContext
 from janitor.tasks.prune_workers import PruneWorkers
 from tests.engine_run import run_tasks
+from tests.pubsub import new_pubsub
 from tests.rqenv import RQ_VERSIONS
 from tests.rqstate import Manifest, produce
 from tests.servers import RedisServer
@@ -31,12 +31,6 @@ from tests.snapshot import assert_unchanged, snapshot
 KEYS = Keyspace()
 DEAD_AFTER = Settings().workers.dead_after
 COMMON_FIELDS = ("event", "timestamp", "run_id", "task", "dry_run")
-
-
-def new_pubsub(r: redis.Redis) -> PubSub:
-    """A pubsub client of ``r`` (through a Callable: ``pubsub`` is typed in some redis-py releases only)."""
-    make: Callable[[], PubSub] = r.pubsub
-    return make()
 
 
 def run(
