@@ -49,6 +49,10 @@ class Slots:
                 lines.append(f"local {', '.join(names)} = {values}")
         return "\n".join(lines) + "\n"
 
+    def advance(self) -> str:
+        """Lua that moves ``k`` and ``a`` past this part's slots."""
+        return f"k, a = k + {len(self.keys)}, a + {len(self.args)}\n"
+
     def encode(
         self, keys: Mapping[str, bytes], args: Mapping[str, Arg]
     ) -> tuple[list[bytes], list[Arg]]:
@@ -67,6 +71,22 @@ BATCH_HEAD = Slots(keys=("lease",), args=("token", "count"))
 """The head of a batch write script's call: the lease and its token, the number of writes."""
 BATCH_HEAD_NOW = Slots(keys=("lease",), args=("token", "now", "count"))
 """The same, for scripts that take the time."""
+
+
+def batch_loop(head: Slots, item: Slots, prelude: str = "") -> str:
+    """Lua that binds a batch call's ``head``, runs ``prelude``, and opens the loop over its items.
+
+    Inside the loop ``j`` counts the items, ``item``'s names are bound at the offsets
+    ``k`` (KEYS) and ``a`` (ARGV), and ``out`` collects one reply per item; the script
+    moves ``k`` and ``a`` on (``advance`` when the item has no variable tail).
+    """
+    return (
+        head.bind(k="1", a="1")
+        + prelude
+        + f"local k, a, out = {1 + len(head.keys)}, {1 + len(head.args)}, {{}}\n"
+        + "for j = 1, tonumber(count) do\n"
+        + item.bind()
+    )
 
 
 _FENCE = """
@@ -177,14 +197,7 @@ DELETE_TERMINAL_JOBS = (
 -- Slots: BATCH_HEAD_NOW, then per job DELETE_JOB followed by its side keys (nside) and
 -- execution hashes (nexec) in KEYS and its started-registry members (nmembers) in ARGV.
 """
-    + BATCH_HEAD_NOW.bind(k="1", a="1")
-    + f"""
-now = tonumber(now)
-local k, a = {1 + len(BATCH_HEAD_NOW.keys)}, {1 + len(BATCH_HEAD_NOW.args)}
-local out = {{}}
-for j = 1, tonumber(count) do
-"""
-    + DELETE_JOB.bind()
+    + batch_loop(BATCH_HEAD_NOW, DELETE_JOB, prelude="now = tonumber(now)\n")
     + f"""
   nside, nexec, nmembers, ndeps = tonumber(nside), tonumber(nexec), tonumber(nmembers), tonumber(ndeps)
   local side0 = k + {len(DELETE_JOB.keys)}
@@ -520,14 +533,7 @@ RECOVER_ABANDONED_JOBS = (
 -- no live execution hash of the job, and the suspect recorded by the previous pass unchanged.
 -- Slots: BATCH_HEAD_NOW, then RECOVER_JOB per job.
 """
-    + BATCH_HEAD_NOW.bind(k="1", a="1")
-    + f"""
-now = tonumber(now)
-local k, a = {1 + len(BATCH_HEAD_NOW.keys)}, {1 + len(BATCH_HEAD_NOW.args)}
-local out = {{}}
-for j = 1, tonumber(count) do
-"""
-    + RECOVER_JOB.bind()
+    + batch_loop(BATCH_HEAD_NOW, RECOVER_JOB, prelude="now = tonumber(now)\n")
     + """
   ttl = tonumber(ttl)
   local ok = 1
@@ -578,8 +584,8 @@ for j = 1, tonumber(count) do
   end
   out[j] = ok
 """
-    + f"""
-  k, a = k + {len(RECOVER_JOB.keys)}, a + {len(RECOVER_JOB.args)}
+    + RECOVER_JOB.advance()
+    + """
 end
 return out
 """
@@ -624,12 +630,7 @@ PRUNE_WORKER_MEMBERSHIPS = (
 -- Returns per worker 1 when it was handled: removed from at least one set, or its
 -- zombie hash deleted.
 """
-    + BATCH_HEAD.bind(k="1", a="1")
-    + f"""
-local k, a, out = {1 + len(BATCH_HEAD.keys)}, {1 + len(BATCH_HEAD.args)}, {{}}
-for j = 1, tonumber(count) do
-"""
-    + PRUNE_WORKER.bind()
+    + batch_loop(BATCH_HEAD, PRUNE_WORKER)
     + f"""
   nsets = tonumber(nsets)
   local sets0 = k + {len(PRUNE_WORKER.keys)}
@@ -665,13 +666,9 @@ PRUNE_EMPTY_QUEUES = (
 -- sorted sets, so EXISTS is the emptiness check). Drops the record with the member.
 -- Slots: QUEUES_HEAD, then per queue PRUNE_QUEUE followed by the queue's keys.
 """
-    + QUEUES_HEAD.bind(k="1", a="1")
-    + f"""
-local k, a, out = {1 + len(QUEUES_HEAD.keys)}, {1 + len(QUEUES_HEAD.args)}, {{}}
-local listed = writable(queues, 'set')
-for j = 1, tonumber(count) do
-"""
-    + PRUNE_QUEUE.bind()
+    + batch_loop(
+        QUEUES_HEAD, PRUNE_QUEUE, prelude="local listed = writable(queues, 'set')\n"
+    )
     + f"""
   nkeys = tonumber(nkeys)
   local keys0 = k + {len(PRUNE_QUEUE.keys)}
@@ -701,15 +698,8 @@ SET_JANITOR_STATE = (
 -- Sets (with a TTL), sets-if-absent or deletes keys of the janitor's own state.
 -- Slots: BATCH_HEAD, then STATE_WRITE per key.
 """
-    + BATCH_HEAD.bind(k="1", a="1")
-    + f"""
-local k, a, out = {1 + len(BATCH_HEAD.keys)}, {1 + len(BATCH_HEAD.args)}, {{}}
-for j = 1, tonumber(count) do
-"""
-    + STATE_WRITE.bind()
-    + f"""
-  k, a = k + {len(STATE_WRITE.keys)}, a + {len(STATE_WRITE.args)}
-"""
+    + batch_loop(BATCH_HEAD, STATE_WRITE)
+    + STATE_WRITE.advance()
     + """
   local done
   if mode == 'del' then done = redis.call('DEL', key)
@@ -733,15 +723,8 @@ CLEANING_MARKER = (
 -- it holds this run's token) rq:clean_registries:<q> markers.
 -- Slots: BATCH_HEAD, then MARKER_WRITE per marker.
 """
-    + BATCH_HEAD.bind(k="1", a="1")
-    + f"""
-local k, a, out = {1 + len(BATCH_HEAD.keys)}, {1 + len(BATCH_HEAD.args)}, {{}}
-for j = 1, tonumber(count) do
-"""
-    + MARKER_WRITE.bind()
-    + f"""
-  k, a = k + {len(MARKER_WRITE.keys)}, a + {len(MARKER_WRITE.args)}
-"""
+    + batch_loop(BATCH_HEAD, MARKER_WRITE)
+    + MARKER_WRITE.advance()
     + """
   out[j] = 0
   if op == 'take' then
@@ -794,15 +777,8 @@ local function stale(registry, member, cutoff, job, prefix_job, execution, colon
   return is_terminal(prefix_job) and redis.call('EXISTS', execution) == 0
 end
 """
-    + BATCH_HEAD.bind(k="1", a="1")
-    + f"""
-local k, a, out = {1 + len(BATCH_HEAD.keys)}, {1 + len(BATCH_HEAD.args)}, {{}}
-for j = 1, tonumber(count) do
-"""
-    + CLEAN_ENTRY.bind()
-    + f"""
-  k, a = k + {len(CLEAN_ENTRY.keys)}, a + {len(CLEAN_ENTRY.args)}
-"""
+    + batch_loop(BATCH_HEAD, CLEAN_ENTRY)
+    + CLEAN_ENTRY.advance()
     + """
   local done = 0
   if read('GET', marker) == marker_token and writable(registry, 'zset') then
@@ -855,12 +831,7 @@ local function children_done(key, a, k, n)
   return true
 end
 """
-    + BATCH_HEAD.bind(k="1", a="1")
-    + f"""
-local k, a, out = {1 + len(BATCH_HEAD.keys)}, {1 + len(BATCH_HEAD.args)}, {{}}
-for j = 1, tonumber(count) do
-"""
-    + ORPHAN.bind()
+    + batch_loop(BATCH_HEAD, ORPHAN)
     + f"""
   local n = tonumber(nchildren)
   local children_k, children_a = k + {len(ORPHAN.keys)}, a + {len(ORPHAN.args)}
