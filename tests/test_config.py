@@ -242,6 +242,10 @@ class TestWrongValues:
                 "[workers] dead_after: expected a duration longer than 0s",
             ),
             (
+                '[queues]\nprune_after = "soon"\n',
+                "[queues] prune_after: expected a duration",
+            ),
+            (
                 '[abandoned]\naction = "delete"\n',
                 "[abandoned] action: expected one of 'fail' | 'requeue' | 'report', got 'delete'",
             ),
@@ -464,6 +468,7 @@ class TestPrecedence:
             "retention.keep_last",
             "retention.rules",
             "workers.dead_after",
+            "queues.prune_after",
             "abandoned.action",
             "audit.path",
             "http.listen",
@@ -777,3 +782,26 @@ class TestExampleFiles:
         with pytest.raises(ConfigError, match="/etc/default/actinia") as err:
             load_settings(config_path=path, env={})
         assert str(err.value).startswith(f"{path}: [actinia] config: ")
+
+
+class TestQueues:
+    """``[queues] prune_after``."""
+
+    @pytest.mark.parametrize(
+        ("text", "seconds"),
+        [("", 3600), ('prune_after = "10m"', 600), ('prune_after = "0s"', 0)],
+    )
+    def test_prune_after_is_a_duration_zero_allowed(
+        self, tmp_path: Path, text: str, seconds: int
+    ) -> None:
+        """prune_after defaults to an hour, takes any duration, and "0s" too."""
+        settings = load_settings(
+            config_path=toml(tmp_path, f"[queues]\n{text}\n"), env={}
+        )
+        assert settings.queues.prune_after == seconds
+
+    def test_janitor_config_shows_it(self, tmp_path: Path) -> None:
+        """Janitor config prints [queues] prune_after as a duration, with its source."""
+        path = toml(tmp_path, '[queues]\nprune_after = "10m"\n')
+        text = render_settings(load_settings(config_path=path, env={}))
+        assert '[queues]\nprune_after = "10m"  # ' in text

@@ -13,17 +13,19 @@ import redis
 from rq import Queue, Worker
 
 from janitor.actions import Action, PruneQueue
-from janitor.config import RetentionSettings, RqSettings, Settings
+from janitor.config import QueuesSettings, RetentionSettings, RqSettings, Settings
 from janitor.keyspace import Keyspace
 from janitor.policy import QueueFilter
 from janitor.tasks.base import TaskContext
-from janitor.tasks.prune_queues import PRUNE_QUEUE_GRACE_S, STATE_TTL_S, PruneQueues
+from janitor.tasks.prune_queues import PruneQueues, state_ttl
 from tests import funcs
 from tests.engine_run import run_tasks
 from tests.snapshot import assert_unchanged, snapshot
 
 KEYS = Keyspace()
-GRACE = PRUNE_QUEUE_GRACE_S
+GRACE = Settings().queues.prune_after
+"""The default [queues] prune_after: an hour."""
+STATE_TTL_S = state_ttl(GRACE)
 ACTINIA_KEYS = (
     "RESOURCE-ID::x",
     "USER-ID-y",
@@ -98,6 +100,17 @@ class TestWhatGoes:
         assert listed(r) == {busy.name}
         assert not any(r.exists(KEYS.queue_empty_since(q.name)) for q in gone)
         assert busy.count == 1
+
+    @pytest.mark.parametrize("prune_after", [0, 600])
+    def test_prune_after_sets_the_grace(self, r: redis.Redis, prune_after: int) -> None:
+        """[queues] prune_after is the grace: not a second earlier; "0s" prunes on the pass after the first sighting."""
+        queue = drained(r)
+        config = Settings(queues=QueuesSettings(prune_after=prune_after))
+        t = time.time()
+        assert pruned(run(r, t, config=config)) == set()
+        if prune_after:
+            assert pruned(run(r, t + prune_after - 1, config=config)) == set()
+        assert pruned(run(r, t + prune_after, config=config)) == {queue.name}
 
     def test_queue_goes_once_expire_jobs_removed_its_finished_jobs(
         self, r: redis.Redis

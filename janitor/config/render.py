@@ -19,6 +19,7 @@ _SECTIONS = (
     "rq",
     "retention",
     "workers",
+    "queues",
     "abandoned",
     "schedule",
     "audit",
@@ -28,7 +29,15 @@ _SECTIONS = (
     "actinia",
 )
 _DURATIONS = frozenset(
-    ("finished", "failed", "stopped", "canceled", "dead_after", "lease_ttl")
+    (
+        "finished",
+        "failed",
+        "stopped",
+        "canceled",
+        "dead_after",
+        "prune_after",
+        "lease_ttl",
+    )
 )
 
 

@@ -110,6 +110,14 @@ class WorkersSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class QueuesSettings:
+    """``[queues]``: when an empty queue leaves ``rq:queues``."""
+
+    prune_after: int = 3600
+    """Seconds a queue must stay empty everywhere before ``prune_queues`` removes it."""
+
+
+@dataclass(frozen=True, slots=True)
 class AbandonedSettings:
     """``[abandoned]``: what happens to started jobs of dead workers."""
 
@@ -188,6 +196,7 @@ class Settings:
     rq: RqSettings = field(default_factory=RqSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     workers: WorkersSettings = field(default_factory=WorkersSettings)
+    queues: QueuesSettings = field(default_factory=QueuesSettings)
     abandoned: AbandonedSettings = field(default_factory=AbandonedSettings)
     schedule: Mapping[str, Schedule] = field(default_factory=_default_schedules)
     """Task name -> its daemon schedule; every task in TASK_NAMES has one."""
@@ -217,6 +226,7 @@ _SECTIONS = (
     "rq",
     "retention",
     "workers",
+    "queues",
     "abandoned",
     "audit",
     "http",
@@ -278,6 +288,7 @@ _SCHEMA: Schema = {
         ),
     },
     "workers": {"dead_after": positive_duration},
+    "queues": {"prune_after": parse_duration},
     "abandoned": {"action": choice(ABANDONED_ACTIONS)},
     "schedule": dict.fromkeys(TASK_NAMES, parse_schedule),
     "audit": {"path": string},
@@ -380,6 +391,7 @@ def _build(merged: Layer) -> Settings:
         rq=RqSettings(**parts["rq"]),
         retention=RetentionSettings(**parts["retention"]),
         workers=WorkersSettings(**parts["workers"]),
+        queues=QueuesSettings(**parts["queues"]),
         abandoned=AbandonedSettings(**parts["abandoned"]),
         schedule={task: parts["schedule"][task] for task in TASK_NAMES},
         audit=AuditSettings(**parts["audit"]),

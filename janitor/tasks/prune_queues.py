@@ -10,7 +10,8 @@ registry (started, finished, failed, deferred, scheduled, canceled, RQ 3's ready
 worker set ``rq:workers:<q>``; Redis deletes empty lists, sets and sorted sets, so EXISTS
 is the whole check. The first pass that sees a queue empty records when, in
 ``Keyspace.queue_empty_since`` (janitor state, one key per queue, with a TTL); a pass at
-least ``PRUNE_QUEUE_GRACE_S`` later that finds it still empty SREMs the member and drops
+least ``[queues] prune_after`` later (``"0s"``: the next pass) that finds it still empty
+SREMs the member and drops
 the record, in one Lua step that re-checks all of it. A queue found busy again loses its
 record, so the grace starts over. Nothing else is written: an empty queue has no other
 key, and an enqueue re-adds the member (in the same transaction as its RPUSH or ZADD).
@@ -28,10 +29,15 @@ from janitor.tasks.base import TaskContext
 
 NAME = "prune_queues"
 
-PRUNE_QUEUE_GRACE_S = 3600
-"""How long a queue must stay empty before it leaves ``rq:queues`` (no config key for it)."""
-STATE_TTL_S = 2 * PRUNE_QUEUE_GRACE_S + 86_400
-"""An empty-since record outlives its use by at most this: hourly passes use it within 2 h."""
+STATE_TTL_MARGIN_S = 86_400
+"""An empty-since record lives twice ``prune_after`` plus this: long enough for the pass
+after the grace, even a day late, and gone afterwards if nothing ever reads it again."""
+
+
+def state_ttl(prune_after: int) -> int:
+    """The TTL of an empty-since record under ``[queues] prune_after``."""
+    return 2 * prune_after + STATE_TTL_MARGIN_S
+
 
 REGISTRIES = (
     "started",
@@ -89,21 +95,20 @@ def _decide(
 ) -> Action | None:
     """Record, forget or act on a queue's empty-since time."""
     state_key = ctx.keys.queue_empty_since(name)
+    ttl = state_ttl(ctx.settings.queues.prune_after)
     if busy:
         if since is None:
             return None
-        return Action(NAME, None, {}, SetJanitorState(state_key, None, STATE_TTL_S))
+        return Action(NAME, None, {}, SetJanitorState(state_key, None, ttl))
     try:
         seen_empty = None if since is None else float(since)
     except ValueError:
         seen_empty = None  # not a time the janitor wrote: start the grace over
     if seen_empty is None:
         now = repr(ctx.now).encode()
-        record = SetJanitorState(
-            state_key, now, STATE_TTL_S, only_if_absent=since is None
-        )
+        record = SetJanitorState(state_key, now, ttl, only_if_absent=since is None)
         return Action(NAME, None, {}, record)
-    if ctx.now - seen_empty < PRUNE_QUEUE_GRACE_S:
+    if ctx.now - seen_empty < ctx.settings.queues.prune_after:
         return None
     write = PruneQueue(
         queues_key=ctx.keys.queues(),
