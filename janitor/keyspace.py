@@ -102,6 +102,10 @@ class Keyspace:
         """``rq:ready:<q>``: RQ 3's ready-to-enqueue registry."""
         return self._key("ready", name)
 
+    def suspended(self) -> bytes:
+        """``rq:suspended``: while it exists, every worker pauses (``rq suspend``)."""
+        return self._key("suspended")
+
     def cleaning_marker(self, name: str | bytes) -> bytes:
         """``rq:clean_registries:<q>``: the workers' maintenance lock for a queue."""
         return self._key("clean_registries", name)

@@ -13,6 +13,7 @@ import pytest
 import redis
 from rq import Queue, Worker
 from rq.job import Job
+from rq.suspension import resume, suspend
 
 from janitor.audit import AuditLog
 from janitor.config import RetentionRule, RetentionSettings, RqSettings, Settings
@@ -401,6 +402,24 @@ class TestMemoryAndDoctor:
         assert "maintenance_overdue" not in codes(build_report(r, Settings(), now))
         late = codes(build_report(r, Settings(), now + 500 + 1100))
         assert late["maintenance_overdue"]["queues"] == ["default"]
+
+    def test_suspended_forever(self, r: redis.Redis) -> None:
+        """Rq suspend without --duration is a finding; with a duration, or after rq resume, it is not."""
+        assert "suspended_forever" not in codes(
+            build_report(r, Settings(), time.time())
+        )
+        suspend(r)
+        found = codes(build_report(r, Settings(), time.time()))
+        assert found["suspended_forever"]["severity"] == "warning"
+        assert "rq resume" in found["suspended_forever"]["advice"]
+        suspend(r, ttl=600)
+        assert "suspended_forever" not in codes(
+            build_report(r, Settings(), time.time())
+        )
+        resume(r)
+        assert "suspended_forever" not in codes(
+            build_report(r, Settings(), time.time())
+        )
 
 
 class TestCli:

@@ -3,7 +3,8 @@
 Findings (docs/report.md lists them): jobs enqueued with ``result_ttl=-1``, failed jobs
 relying on RQ's one-year default ``failure_ttl``, a ``maxmemory-policy`` other than
 ``noeviction``, no ``maxmemory``, and queues whose workers have not cleaned them for
-longer than RQ's maintenance interval. That last one is measured, not guessed: RQ's
+longer than RQ's maintenance interval, and ``rq:suspended`` without a TTL (every worker
+paused until someone resumes them). The maintenance one is measured, not guessed: RQ's
 cleaning removes every registry entry whose score (an expiry or a heartbeat deadline)
 has passed, so the oldest such entry tells how long nobody cleaned the queue.
 """
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from janitor.config.values import format_duration
+from janitor.keyspace import to_text
 from janitor.report.leaks import Workers
 from janitor.report.queues import QueueReport, Scope
 
@@ -54,9 +56,27 @@ def findings(
 ) -> list[dict[str, Any]]:
     """The report's ``findings`` list, most important first."""
     return [
+        *_suspension_findings(scope),
         *_server_findings(server),
         *_ttl_findings(queues),
         *_maintenance_findings(scope, queues, workers),
+    ]
+
+
+def _suspension_findings(scope: Scope) -> list[dict[str, Any]]:
+    """``rq suspend`` without ``--duration`` pauses every worker until ``rq resume``."""
+    if scope.client.pttl(scope.keys.suspended()) != -1:
+        return []  # not suspended, or only for a while (-2: no key; >= 0: a TTL)
+    return [
+        _finding(
+            "suspended_forever",
+            "warning",
+            f"{to_text(scope.keys.suspended())} exists without a TTL: every RQ worker on this "
+            "server has paused and stays paused (rq suspend without --duration); no job runs "
+            "and no worker does its maintenance",
+            "Run `rq resume` once the reason for the pause is gone, or suspend with "
+            "`--duration` so that it ends by itself.",
+        )
     ]
 
 
