@@ -6,7 +6,7 @@ import json
 from dataclasses import fields
 from typing import cast
 
-from janitor.config.settings import RetentionRule, Settings
+from janitor.config.settings import SECTIONS, RetentionRule, Settings
 from janitor.config.values import (
     REDACTED,
     format_duration,
@@ -14,20 +14,6 @@ from janitor.config.values import (
     redact_url,
 )
 
-_SECTIONS = (
-    "redis",
-    "rq",
-    "retention",
-    "workers",
-    "queues",
-    "abandoned",
-    "schedule",
-    "audit",
-    "http",
-    "daemon",
-    "limits",
-    "actinia",
-)
 _DURATIONS = frozenset(
     (
         "finished",
@@ -54,7 +40,7 @@ def render_settings(settings: Settings) -> str:
         f"# config file: {settings.config_path or '(none)'}  ({config_source})",
         _line("log_format", settings.log_format, sources.get("log_format", "default")),
     ]
-    for section in _SECTIONS:
+    for section in SECTIONS:
         lines += ["", f"[{section}]"]
         for name, value in _values(settings, section):
             source = sources.get(f"{section}.{name}", "default")

@@ -221,20 +221,6 @@ LOG_FORMATS = ("json", "console", "auto")
 MIN_LEASE_TTL = 3
 """``[daemon] lease_ttl`` lower bound in seconds: the lease is renewed every third of it."""
 
-_SECTIONS = (
-    "redis",
-    "rq",
-    "retention",
-    "workers",
-    "queues",
-    "abandoned",
-    "audit",
-    "http",
-    "daemon",
-    "limits",
-    "actinia",
-)
-
 
 def parse_schedule(value: object, where: str) -> Schedule:
     """Parse ``"every 30s"`` (interval > 0) or a 5-field cron line APScheduler accepts (UTC)."""
@@ -298,6 +284,11 @@ _SCHEMA: Schema = {
     "actinia": {"config": string},
 }
 
+SECTIONS: tuple[str, ...] = tuple(_SCHEMA)
+"""The config file's sections, in the schema's order (``janitor config`` prints them so)."""
+_PARTS = tuple(section for section in SECTIONS if section != "schedule")
+"""The sections held by a settings dataclass of their own (``schedule`` is a mapping)."""
+
 _ENV: Mapping[str, tuple[str, Validator]] = {
     "JANITOR_REDIS_URL": ("redis.url", valid_redis_url),
     "JANITOR_REDIS_PASSWORD": ("redis.password", _secret),
@@ -358,7 +349,7 @@ def _config_path(
 def _default_layer() -> Layer:
     defaults = Settings()
     layer: Layer = {}
-    for section in _SECTIONS:
+    for section in _PARTS:
         part = getattr(defaults, section)
         for item in fields(part):
             key = f"{section}.{item.name}"
