@@ -20,6 +20,7 @@ from janitor.config import (
     redact_url,
     render_settings,
 )
+from janitor.config.settings import SECTIONS
 from janitor.errors import EXIT_CONFIG, ConfigError
 
 ROOT = Path(__file__).parent.parent
@@ -675,19 +676,7 @@ class TestRender:
         text = render_settings(
             load_settings(config_path=path, env={}, log_format="json")
         )
-        for section in (
-            "redis",
-            "rq",
-            "retention",
-            "workers",
-            "abandoned",
-            "schedule",
-            "audit",
-            "http",
-            "daemon",
-            "limits",
-            "actinia",
-        ):
+        for section in SECTIONS:
             assert f"\n[{section}]\n" in text
         assert f'failed = "7d"  # file {path}\n' in text
         assert 'finished = "1d"  # default\n' in text
@@ -733,20 +722,7 @@ class TestExampleFiles:
             load_settings(config_path=path, env={}),
             load_settings(env={}),
         )
-        for section in (
-            "redis",
-            "rq",
-            "retention",
-            "workers",
-            "abandoned",
-            "schedule",
-            "audit",
-            "http",
-            "daemon",
-            "limits",
-            "actinia",
-            "log_format",
-        ):
+        for section in (*SECTIONS, "log_format"):
             assert getattr(loaded, section) == getattr(defaults, section), section
 
     def test_janitor_toml_names_every_key(self) -> None:
