@@ -295,6 +295,7 @@ class TestCli:
         assert (text.returncode, as_json.returncode) == (0, 0), text.stderr
         data: dict[str, Any] = json.loads(as_json.stdout)
         assert_same_shape(json_examples()[1], data)
+        assert data["schema"] == json_examples()[1]["schema"] == "rq-janitor.explain/1"
         assert "RQ deletes it:" in text.stdout
         assert "docs/report.md" in text.stdout
         assert render_explain(data).splitlines()[0] == text.stdout.splitlines()[0]

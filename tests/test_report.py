@@ -435,7 +435,7 @@ class TestCli:
         assert_unchanged(before, snapshot(r))
         assert result.returncode == 0, result.stderr
         report = json.loads(result.stdout)
-        assert report["schema"] == SCHEMA
+        assert report["schema"] == SCHEMA == json_examples()[0]["schema"]
         assert_same_shape(json_examples()[0], report)
         assert [item["kind"] for item in report["leaks"]] == [
             "keys_without_ttl",

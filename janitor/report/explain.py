@@ -30,7 +30,7 @@ from janitor.report.read import (
     read_jobs,
 )
 
-SCHEMA = "rq-janitor.report.explain/1"
+SCHEMA = "rq-janitor.explain/1"
 """The ``schema`` value of ``explain --json``."""
 
 REGISTRY_OF = {
