@@ -211,7 +211,7 @@ class RecoverJob(ScriptBatch):
 
     def encode(self) -> tuple[list[bytes], list[Arg]]:
         """Keys and arguments per ``scripts.RECOVER_JOB``."""
-        return scripts.RECOVER_JOB.encode(self.keys, dict(self.args))
+        return scripts.RECOVER_JOB.encode(self.keys, self.args)
 
 
 @dataclass(frozen=True, slots=True)

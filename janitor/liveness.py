@@ -115,6 +115,23 @@ def read_workers(
     return facts
 
 
+def judge_worker_keys(
+    client: redis.Redis,
+    keys: Keyspace,
+    worker_keys: Iterable[bytes],
+    *,
+    now: float,
+    dead_after: float,
+) -> dict[bytes, tuple[WorkerFacts, Verdict]]:
+    """Read and judge workers named by their hash keys (what RQ's worker sets hold)."""
+    names = {key: keys.worker_name_from_key(key) or key for key in worker_keys}
+    facts = read_workers(client, keys, names.values())
+    return {
+        key: (facts[name], judge(facts[name], now, dead_after))
+        for key, name in names.items()
+    }
+
+
 def _read_chunk(
     client: redis.Redis, keys: Keyspace, names: Sequence[bytes]
 ) -> Iterator[tuple[bytes, WorkerFacts]]:

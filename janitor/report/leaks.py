@@ -11,7 +11,7 @@ and a worker's ``queues`` and ``last_heartbeat`` are read; never a stream's entr
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -100,14 +100,23 @@ def read_workers(scope: Scope, queues: Sequence[QueueReport]) -> Workers:
     return found
 
 
+def _judge(
+    scope: Scope, worker_keys: Iterable[bytes]
+) -> dict[bytes, tuple[liveness.WorkerFacts, liveness.Verdict]]:
+    return liveness.judge_worker_keys(
+        scope.client,
+        scope.keys,
+        worker_keys,
+        now=scope.now,
+        dead_after=scope.settings.workers.dead_after,
+    )
+
+
 def _classify(scope: Scope, found: Workers, listed: dict[bytes, set[str]]) -> None:
     """Sort listed workers by ``liveness.judge``: dead ones by reason, the rest serve."""
-    keys = scope.keys
-    names = {key: keys.worker_name_from_key(key) or key for key in listed}
-    facts = liveness.read_workers(scope.client, keys, names.values())
+    judged = _judge(scope, listed)
     for key, in_sets in listed.items():
-        worker = facts[names[key]]
-        verdict = liveness.judge(worker, scope.now, scope.settings.workers.dead_after)
+        worker, verdict = judged[key]
         if verdict.dead:
             dead = (
                 found.gone if verdict.reason == liveness.HASH_EXPIRED else found.zombies
@@ -197,11 +206,8 @@ def _check_candidates(
             workers.append(key)
         elif kind == "set" and type_ == b"set" and third == 0:
             result.orphan_sets.append(key)
-    names = {key: scope.keys.worker_name_from_key(key) or key for key in workers}
-    facts = liveness.read_workers(scope.client, scope.keys, names.values())
-    dead_after = scope.settings.workers.dead_after
-    for key in workers:
-        if liveness.judge(facts[names[key]], scope.now, dead_after).dead:
+    for key, (_, verdict) in _judge(scope, workers).items():
+        if verdict.dead:
             result.zombie_hashes.append(key)
 
 

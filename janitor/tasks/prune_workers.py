@@ -38,7 +38,7 @@ from typing import TypeVar, cast
 
 from janitor.actions import Action, PruneDeadWorker, SetJanitorState, Skip
 from janitor.keyspace import iter_queue_names, to_text
-from janitor.liveness import HASH_EXPIRED, ZOMBIE, Recheck, judge, read_workers
+from janitor.liveness import HASH_EXPIRED, ZOMBIE, Recheck, judge_worker_keys
 from janitor.tasks.base import TaskContext
 
 NAME = "prune_workers"
@@ -200,11 +200,14 @@ def _judge(
     ctx: TaskContext, sets_of: Mapping[bytes, list[bytes]], workers: Sequence[bytes]
 ) -> Iterator[Action | Skip]:
     """Prune each worker the liveness rule finds dead; report the ones it holds back."""
-    names = {key: cast("bytes", ctx.keys.worker_name_from_key(key)) for key in workers}
-    facts = read_workers(ctx.client, ctx.keys, names.values())
-    for key in workers:
-        worker = facts[names[key]]
-        verdict = judge(worker, ctx.now, ctx.settings.workers.dead_after)
+    judged = judge_worker_keys(
+        ctx.client,
+        ctx.keys,
+        workers,
+        now=ctx.now,
+        dead_after=ctx.settings.workers.dead_after,
+    )
+    for key, (worker, verdict) in judged.items():
         where = {"key": to_text(key)}
         sets = tuple(sets_of.get(key, ()))
         if verdict.held:

@@ -57,7 +57,7 @@ _ENDED_AT_LEN = 27
 
 
 def key_templates(keys: Keyspace) -> list[bytes]:
-    """The script's ARGV 4 to 13: the text before and after the job id in each per-job key.
+    """The values of ``scripts.TEMPLATE_NAMES``: the text before and after the job id in each per-job key.
 
     Job hash, dependents, dependencies, results, executions (the script's order), read
     off ``keys`` itself, so the key names still come from one module.
