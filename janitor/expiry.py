@@ -27,7 +27,9 @@ REGISTRIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("canceled", ("canceled",)),
 )
 """Each terminal registry and the job statuses RQ keeps in it."""
-REGISTRY_OF = {status: kind for kind, statuses in REGISTRIES for status in statuses}
+TERMINAL_REGISTRY_OF = {
+    status: kind for kind, statuses in REGISTRIES for status in statuses
+}
 """The terminal registry of each terminal status."""
 
 _EPOCH = dt.datetime(1970, 1, 1)  # noqa: DTZ001 - naive on purpose: only formatted, as UTC

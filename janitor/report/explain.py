@@ -14,11 +14,10 @@ from typing import Any, cast
 
 import redis
 
-from janitor import expiry as expiry_rules
 from janitor.config import TERMINAL_STATES, Settings
 from janitor.config.values import format_duration
 from janitor.errors import NoSuchJob
-from janitor.expiry import terminal_end
+from janitor.expiry import TERMINAL_REGISTRY_OF, expiry, terminal_end
 from janitor.jobs import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL, has_waiting_children
 from janitor.keyspace import Keyspace, to_text
 from janitor.liveness import Verdict, WorkerFacts, judge, read_workers
@@ -34,7 +33,7 @@ SCHEMA = "rq-janitor.explain/1"
 """The ``schema`` value of ``explain --json``."""
 
 REGISTRY_OF = {
-    **expiry_rules.REGISTRY_OF,
+    **TERMINAL_REGISTRY_OF,
     "started": "started",
     "deferred": "deferred",
     "scheduled": "scheduled",
@@ -131,6 +130,8 @@ class _Facts:
         self.worker_facts: WorkerFacts | None = None
         self.worker_verdict: Verdict | None = None
         self.retention: Retention | None = None
+        self.end: float | None = None
+        """When a terminal job ended, as expire_jobs counts its age (``terminal_end``)."""
         self.waiting_children = False
         self.abandoned_action = "fail"
 
@@ -156,6 +157,7 @@ class _Facts:
         if status in TERMINAL_STATES and queue is not None:
             facts.retention = retention_for(settings.retention, queue, status)
             facts.newer_same = _newer_same(client, keys, facts, facts.retention)
+            facts.end = terminal_end(REGISTRY_OF[status], facts.score, job)
             facts.waiting_children = (
                 status != "finished"
                 and job.dependents > 0
@@ -344,7 +346,7 @@ def _janitor_never(facts: _Facts) -> str | None:  # noqa: PLR0911 - one return p
         return f"never: queue {facts.queue!r} is outside [rq] queues"
     if facts.score is None:
         return f"never: not in {to_text(facts.registry_key or b'its registry')}; expire_jobs finds jobs through their registry"
-    if terminal_end(REGISTRY_OF[status], facts.score, job) is None:
+    if facts.end is None:
         return "never: no end time to measure its age from"
     if facts.waiting_children:
         return "kept: dependents wait on it (deleting it would strand them)"
@@ -362,10 +364,7 @@ def _janitor_deletion(facts: _Facts) -> tuple[float | None, str]:
     capped = (
         limit is not None and facts.newer_same is not None and facts.newer_same >= limit
     )
-    end = terminal_end(REGISTRY_OF[status], facts.score, facts.job)
-    verdict = expiry_rules.expiry(
-        end=end, retention=retention, capped=capped, now=facts.now
-    )
+    verdict = expiry(end=facts.end, retention=retention, capped=capped, now=facts.now)
     if verdict.due and verdict.rule == retention.cap_rule:
         return (
             facts.now,
