@@ -32,7 +32,8 @@ LIVE_STATUSES = frozenset(
 TERMINAL_STATUSES: tuple[str, ...] = ("finished", "failed", "stopped", "canceled")
 """Statuses after which RQ will not run a job again unless asked to: the one list of them
 (config's retention keys, the tasks, report and explain all use it), in the contract's order."""
-_TERMINAL_RAW = frozenset(status.encode() for status in TERMINAL_STATUSES)
+TERMINAL_RAW = frozenset(status.encode() for status in TERMINAL_STATUSES)
+"""``TERMINAL_STATUSES`` as stored, to compare with raw hash fields."""
 
 MAX_CHILDREN_CHECKED = 100
 """A job with more dependents than this counts as waited on, rather than read child by child."""
@@ -242,6 +243,6 @@ def has_waiting_children(client: redis.Redis, keys: Keyspace, job_id: bytes) -> 
     for child in children:
         pipe.hget(keys.job(child), "status")
     return any(
-        status is not None and status not in _TERMINAL_RAW
+        status is not None and status not in TERMINAL_RAW
         for status in pipe.execute(raise_on_error=False)
     )

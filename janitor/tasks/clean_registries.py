@@ -60,7 +60,7 @@ from janitor.actions import (
     run_fenced,
 )
 from janitor.audit import get_logger
-from janitor.jobs import TERMINAL_STATUSES
+from janitor.jobs import TERMINAL_RAW
 from janitor.keyspace import Layout, iter_queue_names, to_text
 from janitor.leader import Fence
 from janitor.tasks.base import TaskContext
@@ -401,9 +401,8 @@ def _stale_started(member: bytes, replies: Sequence[object]) -> bool:
     if any(isinstance(reply, Exception) for reply in replies):
         return False  # a key of the wrong type: not ours to judge
     exists, status, prefix_exists, prefix_status, execution_exists = replies
-    terminal = {s.encode() for s in TERMINAL_STATUSES}
     if exists:
-        return status in terminal
+        return status in TERMINAL_RAW
     if b":" not in member or not prefix_exists:
         return True
-    return prefix_status in terminal and not execution_exists
+    return prefix_status in TERMINAL_RAW and not execution_exists

@@ -47,7 +47,7 @@ from janitor import scripts
 from janitor.actions import Action, Arg, ScriptBatch, SetJanitorState, Skip
 from janitor.jobs import (
     MAX_CHILDREN_CHECKED,
-    TERMINAL_STATUSES,
+    TERMINAL_RAW,
     FieldError,
     parse_rq_time,
 )
@@ -64,8 +64,6 @@ GHOST_MIN_AGE_S = 600
 "Deleting job hashes", rule 6)."""
 GHOST_FIELDS = ("status", "last_heartbeat", "origin")
 """The only job hash fields read from a ghost candidate."""
-
-_TERMINAL = frozenset(status.encode() for status in TERMINAL_STATUSES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +273,7 @@ def _any_waiting(ctx: TaskContext, children: Sequence[bytes]) -> bool:
     statuses = pipe.execute(raise_on_error=False)
     return any(
         isinstance(status, Exception)
-        or (status is not None and status not in _TERMINAL)
+        or (status is not None and status not in TERMINAL_RAW)
         for status in statuses
     )
 
