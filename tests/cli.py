@@ -12,16 +12,23 @@ from typing import Any
 from tests.servers import RedisServer
 
 
+def clean_env() -> dict[str, str]:
+    """This process's environment without JANITOR_* variables, for a janitor process of a test's own."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("JANITOR_")}
+
+
 def janitor(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+    python: str = sys.executable,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m janitor ARGS`` with a clean JANITOR_* environment."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("JANITOR_")}
+    """Run ``python -m janitor ARGS`` (this interpreter unless ``python``) with a clean JANITOR_* environment."""
     return subprocess.run(
-        [sys.executable, "-m", "janitor", *args],
+        [python, "-m", "janitor", *args],
         capture_output=True,
         text=True,
-        env={**clean, **(env or {})},
+        env={**clean_env(), **(env or {})},
         timeout=timeout,
         check=False,
     )

@@ -6,7 +6,6 @@ import configparser
 import fnmatch
 import itertools
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -29,6 +28,7 @@ from janitor.daemon import STOP_DEADLINE_S
 from janitor.keyspace import Keyspace
 from tests import funcs
 from tests.bulk import fill_finished
+from tests.cli import clean_env
 from tests.funcs import work
 from tests.servers import RedisServer, free_port
 
@@ -97,7 +97,7 @@ lease_ttl = "{TTL_S}s"
 path = "{self.audit}"
 """
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("JANITOR_")}
+        env = clean_env()
         env["PYTHONFAULTHANDLER"] = (
             "1"  # SIGABRT dumps every thread's stack (see stop())
         )

@@ -9,7 +9,6 @@ without ``--dry-run``, and the daemon's start, ``/healthz`` and SIGTERM stop.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -22,6 +21,7 @@ from typing import Any
 import pytest
 import redis
 
+from tests import cli
 from tests.rqenv import FLOORS, REPO_ROOT, python_for
 from tests.rqstate import produce
 from tests.servers import RedisServer
@@ -45,17 +45,9 @@ def declared_floors() -> dict[str, str]:
     return floors
 
 
-def janitor(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def janitor(*args: str) -> subprocess.CompletedProcess[str]:
     """``python -m janitor ARGS`` in the floors' virtualenv, with a clean JANITOR_* environment."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("JANITOR_")}
-    return subprocess.run(
-        [str(python_for(FLOORS)), "-m", "janitor", *args],
-        capture_output=True,
-        text=True,
-        env=clean,
-        timeout=timeout,
-        check=False,
-    )
+    return cli.janitor(*args, python=str(python_for(FLOORS)))
 
 
 def write_config(path: Path, redis_url: str) -> Path:
@@ -151,7 +143,6 @@ def test_the_daemon_starts_serves_healthz_and_stops_cleanly_on_the_floors(
     """On the floors: the daemon listens, /healthz answers 200, and SIGTERM ends it with exit 0 and daemon_stopped."""
     config = write_config(tmp_path / "janitor.toml", redis_server.url)
     stderr_path = tmp_path / "daemon.stderr"
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("JANITOR_")}
     with stderr_path.open("wb") as stderr:
         daemon = subprocess.Popen(
             [
@@ -164,7 +155,7 @@ def test_the_daemon_starts_serves_healthz_and_stops_cleanly_on_the_floors(
                 "--log-format",
                 "json",
             ],
-            env=clean,
+            env=cli.clean_env(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
