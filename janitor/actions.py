@@ -379,14 +379,52 @@ class SetJanitorState(ScriptBatch):
 
     def __post_init__(self) -> None:
         """Check that the key is the janitor's own."""
-        if not self.key.startswith(JANITOR_PREFIX.encode() + b":"):
-            msg = f"janitor state must live under janitor:, not {self.key!r}"
-            raise ValueError(msg)
+        _check_state_key(self.key)
 
     def encode(self) -> tuple[list[bytes], list[Arg]]:
         """Keys and arguments per ``scripts.SET_JANITOR_STATE``."""
         mode = "del" if self.value is None else "nx" if self.only_if_absent else "set"
         return scripts.STATE_WRITE.encode(
             {"key": self.key},
-            {"mode": mode, "value": self.value or b"", "ttl": self.ttl_s},
+            {"mode": mode, "value": self.value or b"", "ttl": self.ttl_s, "score": 0},
         )
+
+
+@dataclass(frozen=True, slots=True)
+class SetJanitorMember(ScriptBatch):
+    """Add (``score`` given; the set's TTL renewed) or remove one member of a janitor-state sorted set.
+
+    Refuses at construction any key outside ``janitor:``, as ``SetJanitorState`` does.
+    """
+
+    key: bytes
+    member: bytes
+    score: float | None
+    ttl_s: int
+
+    source: ClassVar[str] = scripts.SET_JANITOR_STATE
+    what: ClassVar[str] = "state writes"
+
+    def __post_init__(self) -> None:
+        """Check that the key is the janitor's own."""
+        _check_state_key(self.key)
+
+    def encode(self) -> tuple[list[bytes], list[Arg]]:
+        """Keys and arguments per ``scripts.SET_JANITOR_STATE``."""
+        mode = "zrem" if self.score is None else "zadd"
+        return scripts.STATE_WRITE.encode(
+            {"key": self.key},
+            {
+                "mode": mode,
+                "value": self.member,
+                "ttl": self.ttl_s,
+                "score": repr(self.score or 0.0),
+            },
+        )
+
+
+def _check_state_key(key: bytes) -> None:
+    """Refuse a key outside ``janitor:``, so bookkeeping can never write RQ's data."""
+    if not key.startswith(JANITOR_PREFIX.encode() + b":"):
+        msg = f"janitor state must live under janitor:, not {key!r}"
+        raise ValueError(msg)

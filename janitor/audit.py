@@ -22,6 +22,8 @@ AUDIT_EVENTS = frozenset(
         "queue_pruned",
         "marker_refreshed",
         "orphan_deleted",
+        "registry_entry_removed",
+        "dead_id_removed",
         "task_failed",
         "run_finished",
     }

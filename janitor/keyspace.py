@@ -32,6 +32,18 @@ def to_text(value: bytes | str) -> str:
     return value.decode("utf-8", errors="backslashreplace")
 
 
+QUEUE_REGISTRIES = (
+    "started",
+    "finished",
+    "failed",
+    "deferred",
+    "scheduled",
+    "canceled",
+    "ready",
+)
+"""Every per-queue registry (a sorted set) of RQ 1.16 to 3.x, by ``Keyspace`` method name."""
+
+
 class Layout(enum.Enum):
     """The generation of RQ's data layout found in a database."""
 
@@ -101,6 +113,25 @@ class Keyspace:
     def ready(self, name: str | bytes) -> bytes:
         """``rq:ready:<q>``: RQ 3's ready-to-enqueue registry."""
         return self._key("ready", name)
+
+    def registry_of_key(self, key: bytes) -> tuple[str, bytes] | None:
+        """(registry, queue name) for a key shaped like a per-queue registry or intermediate list.
+
+        The registry is a ``QUEUE_REGISTRIES`` name or ``intermediate``. Read off the
+        builders' templates, so a queue name with ``:`` in it stays whole. One shape is
+        ambiguous: ``rq:queue:<x>:intermediate`` is also the list of a queue named
+        ``<x>:intermediate``; callers that can tell (it is a member of ``rq:queues``) must.
+        """
+        for kind in QUEUE_REGISTRIES:
+            name = id_in(getattr(self, kind), key)
+            if name is not None:
+                return kind, name
+        name = id_in(self.intermediate, key)
+        return None if name is None else ("intermediate", name)
+
+    def compact_glob(self) -> bytes:
+        """``rq:queue:_compact:*``: the lists ``Queue.compact()`` renames a queue to while it runs."""
+        return self._key("queue", "_compact", "*")
 
     def suspended(self) -> bytes:
         """``rq:suspended``: while it exists, every worker pauses (``rq suspend``)."""
@@ -216,6 +247,14 @@ class Keyspace:
         keeps equally named queues of two RQ prefixes in one database apart.
         """
         return self.janitor_key("prune_queues", "empty_since", self.prefix, name)
+
+    def unlisted_scan_cursor(self) -> bytes:
+        """``janitor:unlisted:cursor:<prefix>``: where the SCAN for unlisted queues resumes."""
+        return self.janitor_key("unlisted", "cursor", self.prefix)
+
+    def unlisted_record(self) -> bytes:
+        """``janitor:unlisted:queues:<prefix>``: sorted set of unlisted queues found, by when last seen."""
+        return self.janitor_key("unlisted", "queues", self.prefix)
 
     def worker_scan_cursor(self) -> bytes:
         """``janitor:prune_workers:cursor:<prefix>``: where prune_workers' keyspace SCAN resumes."""

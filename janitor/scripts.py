@@ -688,14 +688,16 @@ return out
 """
 )
 
-STATE_WRITE = Slots(keys=("key",), args=("mode", "value", "ttl"))
-"""One key of ``SET_JANITOR_STATE``: a state key (under ``janitor:``, checked by the
-caller); mode (``set``, ``nx`` or ``del``), value, TTL in seconds."""
+STATE_WRITE = Slots(keys=("key",), args=("mode", "value", "ttl", "score"))
+"""One write of ``SET_JANITOR_STATE``: a state key (under ``janitor:``, checked by the
+caller); mode (``set``, ``nx``, ``del``; ``zadd``/``zrem`` for a sorted set's member),
+value (the member for ``zadd``/``zrem``), TTL in seconds, score (``zadd``)."""
 
 SET_JANITOR_STATE = (
     _FENCE
     + """
--- Sets (with a TTL), sets-if-absent or deletes keys of the janitor's own state.
+-- Sets (with a TTL), sets-if-absent or deletes keys of the janitor's own state, or adds
+-- (renewing the set's TTL) or removes one member of a sorted set of it.
 -- Slots: BATCH_HEAD, then STATE_WRITE per key.
 """
     + batch_loop(BATCH_HEAD, STATE_WRITE)
@@ -704,6 +706,10 @@ SET_JANITOR_STATE = (
   local done
   if mode == 'del' then done = redis.call('DEL', key)
   elseif mode == 'nx' then done = redis.call('SET', key, value, 'EX', ttl, 'NX')
+  elseif mode == 'zadd' then
+    redis.call('ZADD', key, score, value)
+    done = redis.call('EXPIRE', key, ttl)
+  elseif mode == 'zrem' then done = redis.call('ZREM', key, value)
   else done = redis.call('SET', key, value, 'EX', ttl)
   end
   out[j] = done and done ~= 0 and 1 or 0
@@ -756,11 +762,17 @@ CLEAN_REGISTRY_ENTRIES = (
     + _GUARDS
     + _TERMINAL_TABLE
     + """
--- RQ's registry hygiene, only while the queue's marker holds this run's token, each entry
--- re-checked; returns per write the number of entries removed.
+-- RQ's registry hygiene, only while the queue's marker holds this run's token (except
+-- 'dangling'), each entry re-checked; returns per write the number of entries removed.
 -- Slots: BATCH_HEAD, then CLEAN_ENTRY per write.
 --   expire: ZREMRANGEBYSCORE registry 0 score, exactly as RQ's cleanup.
 --   gone:   ZREM member if its score is unchanged and its job hash is still missing.
+--   dangling: the same without the marker, for the canceled and deferred registries of a
+--           served queue, which its worker never cleans (docs/keyspace.md, "Leaks RQ
+--           leaves", item 14).
+--   lrem:   LREM list 0 member (a queue or intermediate list) if its job hash is still
+--           missing: every copy of that dead id goes, every other id keeps its place
+--           (docs/keyspace.md, "Leaks RQ leaves", item 15).
 --   wip:    ZREM a started member scored in [0, score] if no job hash exists under
 --           either reading of it (1.x '<id>', 2.x '<id>:<exec>'), or its job is
 --           terminal and (2.x) the execution hash is gone (docs/keyspace.md,
@@ -781,12 +793,17 @@ end
     + CLEAN_ENTRY.advance()
     + """
   local done = 0
-  if read('GET', marker) == marker_token and writable(registry, 'zset') then
+  local kind = op == 'lrem' and 'list' or 'zset'
+  if (op == 'dangling' or read('GET', marker) == marker_token) and writable(registry, kind) then
     if op == 'expire' then
       done = redis.call('ZREMRANGEBYSCORE', registry, 0, score)
-    elseif op == 'gone' then
+    elseif op == 'gone' or op == 'dangling' then
       if read('ZSCORE', registry, member) == score and redis.call('EXISTS', job) == 0 then
         done = redis.call('ZREM', registry, member)
+      end
+    elseif op == 'lrem' then
+      if redis.call('EXISTS', job) == 0 then
+        done = redis.call('LREM', registry, 0, member)
       end
     elseif stale(registry, member, tonumber(score), job, prefix_job, execution, colon) then
       done = redis.call('ZREM', registry, member)

@@ -287,22 +287,39 @@ class TestStarted:
 
 
 class TestServedQueue:
-    """A queue that a live worker serves is that worker's to clean."""
+    """A queue that a live worker serves is that worker's to clean, except what RQ never cleans."""
 
-    def test_served_queue_is_not_touched(
+    def test_served_queue_loses_only_dangling_canceled_and_deferred_ids(
         self, r: redis.Redis, redis_server: RedisServer
     ) -> None:
-        """With a live worker on the queue, no marker is taken and no registry entry removed."""
+        """With a live worker on the queue, only canceled and deferred ids whose hash is gone go, each audited, without the marker."""
         manifest = produce(redis_server.url, queue="default", with_started=True)
         try:
-            r.delete(
-                KEYS.job(manifest.jobs["failed"][0]),
-                KEYS.job(manifest.jobs["canceled"][0]),
-            )
+            categories = ("failed", "canceled", "deferred_child")
+            gone = dict(zip(categories, _delete_jobs(r, manifest, *categories), strict=True))
             before = registries(r, "rq", "default")
+            r.set(KEYS.cleaning_marker("default"), b"1", ex=899)  # a worker's marker
             _, events = run(r, time.time() + 1000)
+            after = registries(r, "rq", "default")
+            removed = {
+                (e["registry"], e["job_id"])
+                for e in events
+                if e["event"] == "registry_entry_removed"
+            }
+            assert removed == {
+                ("canceled", gone["canceled"]),
+                ("deferred", gone["deferred_child"]),
+            }
+            for name in REGISTRIES:
+                expected = [
+                    entry
+                    for entry in before[name]
+                    if (name, entry[0].decode()) not in removed
+                ]
+                assert after[name] == expected, name
             assert refreshed(events) == []
-            assert registries(r, "rq", "default") == before
+            assert r.get(KEYS.cleaning_marker("default")) == b"1"
+            assert {e["queue"] for e in events if "job_id" in e} == {"default"}
         finally:
             manifest.kill_workers()
 

@@ -61,9 +61,10 @@ from janitor.actions import (
 )
 from janitor.audit import get_logger
 from janitor.jobs import TERMINAL_RAW
-from janitor.keyspace import Layout, iter_queue_names, to_text
+from janitor.keyspace import Layout, to_text
 from janitor.leader import Fence
 from janitor.tasks.base import TaskContext
+from janitor.unlisted import every_queue, find_unlisted
 
 NAME = "clean_registries"
 MARKER_TTL_S = 60
@@ -81,6 +82,12 @@ EXPIRING = ("finished", "failed")
 """Registries whose expired scores RQ's own cleanup removes."""
 DANGLING = ("finished", "failed", "canceled", "deferred")
 """Registries whose entries without a job hash go at once."""
+SERVED_DANGLING = ("canceled", "deferred")
+"""The registries of a served queue whose dangling ids go too: its worker never cleans them."""
+LIST_READ_CAP = 100_000
+"""Ids read per list (queue or intermediate) and run; a longer list is read that far."""
+STEP_EVENTS = {b"dangling": "registry_entry_removed", b"lrem": "dead_id_removed"}
+"""The audit event of a step that removes a job id outside the marker's hygiene line."""
 
 log = get_logger(__name__)
 
@@ -113,12 +120,13 @@ class CleanEntries:
     """One hygiene step on one registry; see ``scripts.CLEAN_REGISTRY_ENTRIES``."""
 
     op: bytes
-    """``expire``, ``gone`` or ``wip``."""
+    """``expire``, ``gone``, ``dangling``, ``wip`` or ``lrem`` (see the script)."""
     queue: bytes
     registry_name: str
     marker: bytes
     token: bytes
     registry: bytes
+    """The registry, or for ``lrem`` the list."""
     member: bytes
     score: bytes
     """The raw score the plan read (``gone``) or the cutoff (``expire``, ``wip``)."""
@@ -179,18 +187,27 @@ class CleanRegistries:
     name = NAME
 
     def plan(self, ctx: TaskContext) -> Iterator[Action | Skip]:
-        """Yield per queue: take the marker, the hygiene steps, give it back (``marker_refreshed``)."""
+        """Yield per queue: take the marker, the hygiene steps, give it back (``marker_refreshed``).
+
+        A served queue gets only its two registries RQ never cleans, without the marker.
+        """
         token = secrets.token_hex(16).encode()
-        for queue in iter_queue_names(ctx.client, ctx.keys):
+        unlisted = find_unlisted(ctx.client, ctx.keys, ctx.now, task=NAME)
+        for queue in every_queue(ctx.client, ctx.keys, unlisted):
             name = to_text(queue)
-            if not ctx.allows_queue(name) or _served(ctx, queue):
-                continue  # a worker that serves the queue cleans it itself
+            if not ctx.allows_queue(name):
+                continue
+            if _served(ctx, queue):
+                # the worker cleans the rest itself (docs/keyspace.md, "Leaks RQ leaves", item 14)
+                yield from _QueuePlan(ctx, queue, token, served=True).plan()
+                continue
             if ctx.client.exists(ctx.keys.cleaning_marker(queue)):
                 yield Skip(
                     NAME, "the queue's maintenance marker is held", {"queue": name}
                 )
                 continue
             yield from _QueuePlan(ctx, queue, token).plan()
+        yield from unlisted.bookkeeping
 
 
 def _served(ctx: TaskContext, queue: bytes) -> bool:
@@ -217,13 +234,41 @@ class _QueuePlan:
     ctx: TaskContext
     queue: bytes
     token: bytes
+    served: bool = False
+    """Only the dangling ids of ``SERVED_DANGLING``, without the marker."""
     steps: list[CleanEntries] = field(default_factory=list)
     sightings: list[Action] = field(default_factory=list)
     skips: list[Skip] = field(default_factory=list)
 
     def plan(self) -> Iterator[Action | Skip]:
         """Read everything, then yield take, steps and give, then the sighting bookkeeping."""
+        self._read()
+        yield from self.skips
+        if self.served:
+            yield from (self._action(step) for step in self.steps)
+            return
+        yield from self.skips
+        name = to_text(self.queue)
+        if self.steps:
+            # The engine applies writes in plan order, consecutive writes of one kind in
+            # one call (engine._apply): the marker is taken before the cleaning and given
+            # back after it, never reordered around it.
+            marker = self.ctx.keys.cleaning_marker(self.queue)
+            take = MarkerWrite(b"take", marker, self.token)
+            yield Action(NAME, None, {"queue": name}, take)
+            yield from (self._action(step) for step in self.steps)
+            give = MarkerWrite(b"give", marker, self.token)
+            yield Action(NAME, "marker_refreshed", {"queue": name}, give)
+        yield from self.sightings
+
+    def _read(self) -> None:
+        """Read the queue's registries and lists and collect the steps, skips and sightings."""
         zsets = self._zset_registries()
+        if self.served:
+            for kind in SERVED_DANGLING:
+                if kind in zsets:
+                    self._dangling(kind, zsets[kind])
+            return
         for kind in EXPIRING:
             if kind in zsets:
                 self._expire(kind, zsets[kind])
@@ -234,20 +279,17 @@ class _QueuePlan:
             self._scheduled(zsets["scheduled"])
         if "started" in zsets:
             self._started(zsets["started"])
-        yield from self.skips
+        self._lists()
+
+    def _action(self, step: CleanEntries) -> Action:
+        """A step's action: audited per id where it removes a job id (``STEP_EVENTS``)."""
         name = to_text(self.queue)
-        if self.steps:
-            # The engine applies writes in plan order, consecutive writes of one kind in
-            # one call (engine._apply): the marker is taken before the cleaning and given
-            # back after it, never reordered around it.
-            marker = self.ctx.keys.cleaning_marker(self.queue)
-            take = MarkerWrite(b"take", marker, self.token)
-            yield Action(NAME, None, {"queue": name}, take)
-            for step in self.steps:
-                yield Action(NAME, None, {"queue": name}, step)
-            give = MarkerWrite(b"give", marker, self.token)
-            yield Action(NAME, "marker_refreshed", {"queue": name}, give)
-        yield from self.sightings
+        event = STEP_EVENTS.get(step.op)
+        if event is None:
+            return Action(NAME, None, {"queue": name}, step)
+        fields = {"queue": name, "job_id": to_text(step.member)}
+        fields["list" if step.op == b"lrem" else "registry"] = step.registry_name
+        return Action(NAME, event, fields, step)
 
     @property
     def full(self) -> bool:
@@ -310,11 +352,44 @@ class _QueuePlan:
             entry for entry, n in zip(unique, pipe.execute(), strict=True) if n == 0
         ]
 
+    def _lists(self) -> None:
+        """Dead ids (job hash gone) in the queue's list and intermediate list, for ``lrem`` steps.
+
+        See docs/keyspace.md, "Leaks RQ leaves", item 15. ``rq:queue:<q>:intermediate`` is
+        left alone while it is a listed queue's own list (item 13).
+        """
+        keys, client = self.ctx.keys, self.ctx.client
+        lists = {"queue": keys.queue(self.queue)}
+        own = client.sismember(
+            keys.queues(), cast("str", keys.intermediate(self.queue))
+        )
+        if not own:
+            lists["intermediate"] = keys.intermediate(self.queue)
+        for kind, key in lists.items():
+            if client.type(key) != b"list":
+                continue
+            seen: set[bytes] = set()
+            start = 0
+            while start < LIST_READ_CAP and not self.full:
+                ids = cast(
+                    "list[bytes]",
+                    client.lrange(key, start, start + self.ctx.page_size - 1),
+                )
+                if not ids:
+                    break
+                start += len(ids)
+                page = [(job_id, b"") for job_id in ids if job_id not in seen]
+                for job_id, _ in self._missing(page):
+                    if job_id not in seen and not self.full:
+                        seen.add(job_id)
+                        self._step(b"lrem", kind, key, job_id, b"")
+
     def _expire(self, kind: str, key: bytes) -> None:
         if self.ctx.client.zcount(key, 0, self.ctx.now):
             self._step(b"expire", kind, key, b"", repr(self.ctx.now).encode())
 
     def _dangling(self, kind: str, key: bytes) -> None:
+        op = b"dangling" if self.served else b"gone"
         cutoff = self.ctx.now
         seen: set[bytes] = set()
         for page in self._pages(key):
@@ -327,7 +402,7 @@ class _QueuePlan:
             for member, score in self._missing(alive):
                 if member not in seen and not self.full:
                     seen.add(member)
-                    self._step(b"gone", kind, key, member, score)
+                    self._step(op, kind, key, member, score)
 
     def _scheduled(self, key: bytes) -> None:
         """Dangling, long overdue scheduled ids: record a first sighting, or remove on the second."""

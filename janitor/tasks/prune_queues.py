@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
 from janitor.actions import Action, PruneQueue, SetJanitorState, Skip
-from janitor.keyspace import iter_queue_names, to_text
+from janitor.keyspace import QUEUE_REGISTRIES, iter_queue_names, to_text
 from janitor.tasks.base import TaskContext
 
 NAME = "prune_queues"
@@ -38,17 +38,6 @@ def state_ttl(prune_after: int) -> int:
     """The TTL of an empty-since record under ``[queues] prune_after``."""
     return 2 * prune_after + STATE_TTL_MARGIN_S
 
-
-REGISTRIES = (
-    "started",
-    "finished",
-    "failed",
-    "deferred",
-    "scheduled",
-    "canceled",
-    "ready",
-)
-"""Every per-queue registry of RQ 1.16 to 3.x (``Keyspace`` method names)."""
 
 T = TypeVar("T")
 
@@ -86,7 +75,7 @@ class PruneQueues:
 def queue_keys(ctx: TaskContext, name: bytes) -> tuple[bytes, ...]:
     """Every key whose existence means the queue is in use."""
     keys = ctx.keys
-    registries = tuple(getattr(keys, registry)(name) for registry in REGISTRIES)
+    registries = tuple(getattr(keys, registry)(name) for registry in QUEUE_REGISTRIES)
     return (keys.queue(name), keys.intermediate(name), *registries, keys.workers(name))
 
 

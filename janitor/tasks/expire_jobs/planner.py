@@ -9,11 +9,12 @@ from typing import cast
 from janitor.actions import Action, DeleteJob, Skip
 from janitor.expiry import REGISTRIES, expiry, terminal_end
 from janitor.jobs import JOB_FIELDS, FieldError, JobFields, has_waiting_children
-from janitor.keyspace import iter_queue_names, to_text
+from janitor.keyspace import to_text
 from janitor.policy import retention_for
 from janitor.tasks.base import Decision, TaskContext
 from janitor.tasks.expire_jobs.fast import Cleanup, Judge, ScanPage, Sweep
 from janitor.tasks.expire_jobs.registry import CapBoundary, Registry
+from janitor.unlisted import Unlisted, every_queue, find_unlisted
 
 NAME = "expire_jobs"
 
@@ -36,8 +37,10 @@ class ExpireJobs:
 
     def plan(self, ctx: TaskContext) -> Iterator[Action | Skip]:
         """Yield a ``job_deleted`` action per terminal job past its age rule or cap."""
-        for reg in _registries(ctx):
+        unlisted = find_unlisted(ctx.client, ctx.keys, ctx.now, task=NAME)
+        for reg in _registries(ctx, unlisted):
             yield from self._plan_registry(ctx, reg)
+        yield from unlisted.bookkeeping
 
     def decide(self, ctx: TaskContext) -> Iterator[Action | Skip | Decision]:
         """Like ``plan``, but hand the registries to ``EXPIRE_TERMINAL_JOBS`` page by page.
@@ -48,9 +51,10 @@ class ExpireJobs:
         many small ones (per_job queues). Each page must be sent before the next one is
         asked for: it starts where the answer of the one before left off.
         """
+        unlisted = find_unlisted(ctx.client, ctx.keys, ctx.now, task=NAME)
         sweep = Sweep(
             ctx,
-            _registries(ctx),
+            _registries(ctx, unlisted),
             lambda reg: Judge.of(ctx, reg, _cap_boundaries(ctx, reg)),
             (self._plan_page, self._plan_registry),
         )
@@ -64,6 +68,7 @@ class ExpireJobs:
             yield Cleanup(sweep.memos, sweep.close)
         finally:
             sweep.close()
+        yield from unlisted.bookkeeping
 
     def _plan_registry(
         self, ctx: TaskContext, reg: Registry
@@ -235,9 +240,9 @@ def _cap_boundaries(ctx: TaskContext, reg: Registry) -> dict[str, CapBoundary]:
     return found
 
 
-def _registries(ctx: TaskContext) -> Iterator[Registry]:
-    """Every terminal registry of every queue the run may write, in contract order."""
-    for queue in iter_queue_names(ctx.client, ctx.keys):
+def _registries(ctx: TaskContext, unlisted: Unlisted) -> Iterator[Registry]:
+    """Every terminal registry of every queue the run may write, listed or not, in contract order."""
+    for queue in every_queue(ctx.client, ctx.keys, unlisted):
         name = to_text(queue)
         if not ctx.allows_queue(name):
             continue
