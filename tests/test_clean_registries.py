@@ -296,7 +296,9 @@ class TestServedQueue:
         manifest = produce(redis_server.url, queue="default", with_started=True)
         try:
             categories = ("failed", "canceled", "deferred_child")
-            gone = dict(zip(categories, _delete_jobs(r, manifest, *categories), strict=True))
+            gone = dict(
+                zip(categories, _delete_jobs(r, manifest, *categories), strict=True)
+            )
             before = registries(r, "rq", "default")
             r.set(KEYS.cleaning_marker("default"), b"1", ex=899)  # a worker's marker
             _, events = run(r, time.time() + 1000)
