@@ -443,6 +443,8 @@ class TestCli:
             "dead_workers_listed",
             "result_streams_without_ttl",
             "unserved_queues",
+            "unlisted_queues",
+            "interrupted_compactions",
         ]
         assert list(rows(report)) == list(expected_counts(manifest))
         assert {f["code"] for f in report["findings"]} <= {

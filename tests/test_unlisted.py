@@ -13,6 +13,7 @@ from rq import Queue
 from janitor.actions import Action, SetJanitorMember
 from janitor.config import QueuesSettings, RqSettings, Settings
 from janitor.keyspace import Keyspace
+from janitor.report import build_report, explain, render_report
 from janitor.unlisted import confirm, find_unlisted, queue_of
 from tests import funcs
 from tests.engine_run import run_tasks
@@ -252,3 +253,47 @@ class TestDeadIds:
             assert r.lrange(KEYS.queue("default"), 0, -1) == before
         finally:
             manifest.kill_workers()
+
+
+class TestReport:
+    """report and explain show unlisted queues and interrupted compactions, reading only."""
+
+    def test_report_lists_an_unlisted_queue_and_explain_says_so(
+        self, r: redis.Redis
+    ) -> None:
+        """The unlisted queue has its rows (listed false), its leak with counts; explain names the SCAN."""
+        queue = Queue("gone", connection=r)
+        failed = queue.enqueue(funcs.boom)
+        queue.enqueue(funcs.ok, result_ttl=-1)
+        work(r, queue)
+        queue.delete()
+        Queue("kept", connection=r).enqueue(funcs.ok)
+        r.rpush("rq:queue:_compact:5d1c", b"some-id")
+        before = snapshot(r)
+        report = build_report(r, Settings(), time.time())
+        explained = explain(r, Settings(), failed.id, time.time())
+        assert_unchanged(before, snapshot(r))
+        by_name = {q["name"]: q for q in report["queues"]}
+        assert by_name["gone"]["listed"] is False
+        assert by_name["kept"]["listed"] is True
+        states = {s["state"]: s["count"] for s in by_name["gone"]["states"]}
+        assert states == {"finished": 1, "failed": 1}
+        leaks = {leak["kind"]: leak for leak in report["leaks"]}
+        assert leaks["unlisted_queues"]["examples"] == ["gone"]
+        assert leaks["unlisted_queues"]["by_kind"]["failed"] == 1
+        assert leaks["interrupted_compactions"]["examples"] == [
+            "rq:queue:_compact:5d1c"
+        ]
+        assert explained["queue_listed"] is False
+        assert "unlisted-queue SCAN" in explained["janitor"]["reason"]
+        assert "gone (unlisted)" in render_report(report)
+
+    def test_report_filters_unlisted_queues_by_glob(self, r: redis.Redis) -> None:
+        """--queue globs apply to unlisted queues as to listed ones."""
+        for name in ("gone-a", "other"):
+            queue = Queue(name, connection=r)
+            queue.enqueue(funcs.ok, result_ttl=-1)
+            work(r, queue)
+            queue.delete()
+        report = build_report(r, Settings(), time.time(), queues=["gone-*"])
+        assert [q["name"] for q in report["queues"]] == ["gone-a"]

@@ -11,17 +11,21 @@ and versioned by ``SCHEMA``; ``janitor.report.text`` renders it for a terminal.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from fnmatch import fnmatchcase
+from typing import Any, cast
 
 import redis
 
 from janitor.config import Settings
 from janitor.connection import server_info
+from janitor.keyspace import to_text
 from janitor.report.doctor import findings
 from janitor.report.leaks import (
     SCAN_CALLS,
     SCAN_COUNT,
+    ScanResult,
     Workers,
+    check_keys,
     leaks,
     read_workers,
     scan_keys,
@@ -29,6 +33,7 @@ from janitor.report.leaks import (
 from janitor.report.memory import memory
 from janitor.report.queues import Limits, QueueReport, Scope, queue_names, read_queues
 from janitor.report.read import TERMINAL_COLLECTIONS
+from janitor.unlisted import confirm
 
 SCHEMA = "rq-janitor.report/1"
 """The ``schema`` value of ``report --json``; changed on any incompatible change."""
@@ -57,9 +62,11 @@ def build_report(
     """
     scope = Scope.build(client, settings, now, limits or Limits())
     chosen = queue_names(client, scope.keys, queues, scope.limits.max_queues)
-    reports = read_queues(scope, chosen.names)
+    scan = scan_keys(scope)
+    unlisted = _unlisted(scope, scan, queues)
+    reports = read_queues(scope, chosen.names, unlisted=unlisted)
     workers = read_workers(scope, reports)
-    scan = scan_keys(scope, workers.listed)
+    check_keys(scope, scan, workers.listed)
     server = server_info(client)
     exact = (
         all(q.exact for q in reports)
@@ -98,9 +105,23 @@ def build_report(
     }
 
 
+def _unlisted(scope: Scope, scan: ScanResult, globs: Sequence[str]) -> list[bytes]:
+    """Unlisted queues the SCAN saw or the janitor recorded, matching ``globs`` (all when none)."""
+    recorded = cast(
+        "list[bytes]", scope.client.zrange(scope.keys.unlisted_record(), 0, -1)
+    )
+    names = confirm(scope.client, scope.keys, [*scan.queue_names, *recorded])
+    return [
+        name
+        for name in names
+        if not globs or any(fnmatchcase(to_text(name), g) for g in globs)
+    ][: scope.limits.max_queues]
+
+
 def _queue_json(queue: QueueReport, workers: Workers) -> dict[str, Any]:
     return {
         "name": queue.name,
+        "listed": queue.listed,
         "family": queue.family,
         "allowed": queue.allowed,
         "served": queue.name in workers.served,

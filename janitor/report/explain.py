@@ -69,6 +69,7 @@ def explain(
         "key": to_text(keys.job(raw_id)),
         "status": job.status,
         "queue": facts.queue,
+        "queue_listed": facts.listed,
         "allowed": facts.allowed,
         "unreadable": job.unreadable,
         "timestamps": {
@@ -121,6 +122,8 @@ class _Facts:
     def __init__(self, job: JobInfo, now: float, queue: str | None) -> None:
         self.job, self.now, self.queue = job, now, queue
         self.allowed = False
+        self.listed: bool | None = None
+        """Whether ``rq:queues`` lists the job's queue; None without an origin."""
         self.registry_key: bytes | None = None
         self.score: float | None = None
         self.newer_same: int | None = None
@@ -150,6 +153,11 @@ class _Facts:
         facts.abandoned_action = settings.abandoned.action
         facts.allowed = queue is not None and QueueFilter.build(settings.rq)(queue)
         facts.results_pttl = client.pttl(keys.results(job.job_id))
+        if job.origin is not None:
+            member = cast(
+                "str", keys.queue(job.origin)
+            )  # redis-py types members as str
+            facts.listed = bool(client.sismember(keys.queues(), member))
         status = job.status or ""
         if job.origin is not None and status in REGISTRY_OF:
             facts.registry_key = getattr(keys, REGISTRY_OF[status])(job.origin)
@@ -353,7 +361,22 @@ def _janitor_never(facts: _Facts) -> str | None:  # noqa: PLR0911 - one return p
     return None
 
 
+UNLISTED = (
+    "; its queue {queue!r} is no longer in rq:queues (Queue.delete() leaves the registries): "
+    "the janitor finds it by its unlisted-queue SCAN"
+)
+"""Added to the janitor's reason for a job of an unlisted queue (docs/keyspace.md, "Leaks RQ leaves", item 13)."""
+
+
 def _janitor_deletion(facts: _Facts) -> tuple[float | None, str]:
+    """When expire_jobs deletes the job, and why; where its queue is unlisted, that too."""
+    at, reason = _janitor_reason(facts)
+    if facts.listed is False and facts.allowed:
+        reason += UNLISTED.format(queue=facts.queue)
+    return at, reason
+
+
+def _janitor_reason(facts: _Facts) -> tuple[float | None, str]:
     """When expire_jobs deletes the job (due by keep_last, or by age), and why."""
     never = _janitor_never(facts)
     if never is not None:

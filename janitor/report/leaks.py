@@ -1,8 +1,9 @@
 """The report's leaks: RQ state nobody will ever clean, found by bounded reads.
 
-Five kinds (docs/keyspace.md, "Leaks RQ leaves"): keys without a TTL that should have
+Seven kinds (docs/keyspace.md, "Leaks RQ leaves"): keys without a TTL that should have
 one, registry ids whose job is gone, dead workers still listed, failure result streams
-without a TTL, and queues no worker serves. Workers come from ``rq:workers`` and the
+without a TTL, queues no worker serves, queues no longer in ``rq:queues`` whose registries
+stay (``janitor.unlisted``), and lists of interrupted ``Queue.compact()`` runs. Workers come from ``rq:workers`` and the
 per-queue sets of the reported queues (each read up to a bound); keys that no RQ index
 lists (result streams, dependency sets, worker hashes outside the sets) from one SCAN of
 the RQ prefix with COUNT, stopped after ``SCAN_CALLS`` calls. Only names, types, TTLs
@@ -18,6 +19,7 @@ from typing import Any, TypeVar, cast
 from janitor import liveness
 from janitor.keyspace import to_text
 from janitor.report.queues import QueueReport, Scope
+from janitor.unlisted import queue_of
 
 MAX_WORKERS = 10_000
 """Members of ``rq:workers`` read at most."""
@@ -45,6 +47,12 @@ ADVICE = {
     "result_streams_without_ttl": "Failure results of jobs without failure_ttl never expire "
     "(every RQ version), nor results of result_ttl=-1 jobs. Set failure_ttl when enqueueing; "
     "sweep_orphans deletes those whose job is gone, expire_jobs deletes the others with their job.",
+    "unlisted_queues": "Queue.delete() removed these queues from rq:queues but left their "
+    "registries and jobs, which nothing lists. expire_jobs and clean_registries find them by "
+    "a resumable SCAN and treat them like any queue no worker serves, within [rq] queues.",
+    "interrupted_compactions": "rq:queue:_compact:<uuid> lists of a Queue.compact() that did "
+    "not finish hold the only copy of the ids it had not pushed back. The janitor leaves them: "
+    "RPUSH each live id to rq:queue:<origin> (its job hash's origin), then DEL the list.",
     "unserved_queues": "RQ cleans a queue only from a worker that serves it: abandoned jobs stay "
     "started and expired registry ids stay. recover_abandoned and clean_registries do it "
     "for every queue in [rq] queues.",
@@ -140,43 +148,61 @@ class ScanResult:
     streams_job_gone: int = 0
     zombie_hashes: list[bytes] = field(default_factory=list)
     orphan_sets: list[bytes] = field(default_factory=list)
+    queue_names: set[bytes] = field(default_factory=set)
+    """Names of queues whose registries or intermediate list were seen (``unlisted.queue_of``)."""
+    compactions: list[bytes] = field(default_factory=list)
+    """Lists of interrupted ``Queue.compact()`` runs (docs/keyspace.md, "Leaks RQ leaves", item 16)."""
+    candidates: list[tuple[str, bytes, bytes]] = field(default_factory=list)
+    """Keys worth a closer look, for ``check_keys``."""
 
 
-def scan_keys(scope: Scope, known_workers: set[bytes]) -> ScanResult:
-    """SCAN the RQ prefix (bounded) for TTL-less streams, worker hashes and dependency sets."""
+def scan_keys(scope: Scope) -> ScanResult:
+    """SCAN the RQ prefix (bounded) for queues' registries and keys worth a closer look."""
     keys = scope.keys
     heads = {
         "stream": keys.results(b""),
         "worker": keys.worker(b""),
         "dependents": keys.job(b""),
         "dependencies": keys.job(b"") + b":",
+        "compact": keys.compact_glob()[:-1],
     }
     result = ScanResult()
-    candidates: list[tuple[str, bytes, bytes]] = []
     cursor = 0
     while result.calls < SCAN_CALLS:
         cursor, page = scope.client.scan(cursor, match=keys.glob("*"), count=SCAN_COUNT)
         result.calls += 1
         result.keys_seen += len(page)
-        names = cast("list[bytes]", page)
-        candidates += [
-            c for key in names if (c := _candidate(heads, key, known_workers))
-        ]
+        for key in cast("list[bytes]", page):
+            found = _candidate(heads, key)
+            if found is not None:
+                result.candidates.append(found)
+            name = queue_of(keys, key)
+            if name is not None:
+                result.queue_names.add(name)
         if cursor == 0:
             result.complete = True
             break
-    for chunk in _chunks(candidates):
-        _check_candidates(scope, result, chunk)
     return result
 
 
-def _candidate(
-    heads: dict[str, bytes], key: bytes, known_workers: set[bytes]
-) -> tuple[str, bytes, bytes] | None:
+def check_keys(scope: Scope, result: ScanResult, known_workers: set[bytes]) -> None:
+    """Judge the keys the SCAN found worth a look (worker hashes: only those no set lists)."""
+    candidates = [
+        found
+        for found in result.candidates
+        if found[0] != "worker" or found[1] not in known_workers
+    ]
+    for chunk in _chunks(candidates):
+        _check_candidates(scope, result, chunk)
+
+
+def _candidate(heads: dict[str, bytes], key: bytes) -> tuple[str, bytes, bytes] | None:
     """(kind, key, owner: job id or b"") for a key worth a closer look, else None."""
     if key.startswith(heads["stream"]):
         return "stream", key, key[len(heads["stream"]) :]
-    if key.startswith(heads["worker"]) and key not in known_workers:
+    if key.startswith(heads["compact"]):
+        return "compact", key, b""
+    if key.startswith(heads["worker"]):
         return "worker", key, b""
     if key.startswith(heads["dependencies"]) and key.endswith(b":dependencies"):
         return "set", key, key[len(heads["dependencies"]) : -len(b":dependencies")]
@@ -206,15 +232,26 @@ def _check_candidates(
             workers.append(key)
         elif kind == "set" and type_ == b"set" and third == 0:
             result.orphan_sets.append(key)
+        elif kind == "compact" and type_ == b"list":
+            result.compactions.append(key)
     for key, (_, verdict) in _judge(scope, workers).items():
         if verdict.dead:
             result.zombie_hashes.append(key)
 
 
+def _totals(queues: Iterable[QueueReport]) -> dict[str, int]:
+    """Entries per collection, summed over ``queues`` (exact: ZCARD / LLEN)."""
+    totals: dict[str, int] = {}
+    for queue in queues:
+        for kind, size in queue.totals.items():
+            totals[kind] = totals.get(kind, 0) + size
+    return totals
+
+
 def leaks(
     scope: Scope, queues: Sequence[QueueReport], workers: Workers, scan: ScanResult
 ) -> list[dict[str, Any]]:
-    """The report's ``leaks`` list (docs/report.md): one object per kind, always all five."""
+    """The report's ``leaks`` list (docs/report.md): one object per kind, always all seven."""
     keys = scope.keys
     sampled = all(q.exact for q in queues)
     no_ttl_jobs = [keys.job(j) for q in queues for j in q.no_ttl]
@@ -252,6 +289,13 @@ def leaks(
             },
         ),
         ("unserved_queues", [n.encode() for n in unserved], workers.exact, None),
+        (
+            "unlisted_queues",
+            [q.name.encode() for q in queues if not q.listed],
+            scan.complete,
+            _totals(q for q in queues if not q.listed),
+        ),
+        ("interrupted_compactions", scan.compactions, scan.complete, None),
     ]
     return [
         {

@@ -139,6 +139,8 @@ class QueueReport:
     name: str
     allowed: bool
     totals: dict[str, int]
+    listed: bool = True
+    """Whether ``rq:queues`` lists the queue (see ``janitor.unlisted``)."""
     rows: list[StateRow] = field(default_factory=list)
     dangling: list[tuple[str, bytes]] = field(default_factory=list)
     """(collection, member) of entries whose job hash is gone, among those read."""
@@ -259,16 +261,27 @@ class _Collection:
 
 
 def read_queues(
-    scope: Scope, names: Sequence[bytes], kinds: Sequence[str] = COLLECTIONS
+    scope: Scope,
+    names: Sequence[bytes],
+    kinds: Sequence[str] = COLLECTIONS,
+    *,
+    unlisted: Sequence[bytes] = (),
 ) -> list[QueueReport]:
-    """Read the given queues' collections of ``kinds`` and build their state rows."""
-    sizes = collection_sizes(scope.client, scope.keys, names, kinds)
+    """Read the given queues' collections of ``kinds`` and build their state rows.
+
+    ``unlisted`` queues (not in ``rq:queues``) come after ``names`` and share the budget.
+    """
+    every = [*names, *unlisted]
+    sizes = collection_sizes(scope.client, scope.keys, every, kinds)
     budget = per_collection_budget(sizes, scope.limits)
     allowed = QueueFilter.build(scope.settings.rq)
-    return [
+    reports = [
         read_queue(scope, name, totals, budget, allowed=allowed(to_text(name)))
-        for name, totals in zip(names, sizes, strict=True)
+        for name, totals in zip(every, sizes, strict=True)
     ]
+    for report in reports[len(names) :]:
+        report.listed = False
+    return reports
 
 
 def read_queue(

@@ -94,7 +94,11 @@ def render_report(report: dict[str, Any]) -> str:
         "",
     ]
     rows = [
-        _state_row(queue["name"], state, now)
+        _state_row(
+            queue["name"] if queue["listed"] else f"{queue['name']} (unlisted)",
+            state,
+            now,
+        )
         for queue in report["queues"]
         for state in queue["states"]
     ]
