@@ -15,7 +15,8 @@ RQ leaves", item 13). Nothing lists such a queue, so this module finds them:
   queues found before (``Keyspace.unlisted_record``), SCANs about ``KEYS_PER_RUN`` keys
   from where the previous call stopped (``Keyspace.unlisted_scan_cursor``; ``expire_jobs``
   and ``clean_registries`` share it, so each advances it), and confirms every name, old
-  and new. The record's update (names found, names listed again or empty) and the cursor
+  and new (``recover_abandoned``, every minute, passes ``keys_per_run=0``: the record
+  only). The record's update (names found, names listed again or empty) and the cursor
   are bookkeeping actions that the task yields last: a dry run finds the same queues
   and writes nothing, and a keyspace within one slice is covered on every call.
 

@@ -297,3 +297,25 @@ class TestReport:
             queue.delete()
         report = build_report(r, Settings(), time.time(), queues=["gone-*"])
         assert [q["name"] for q in report["queues"]] == ["gone-a"]
+
+
+def test_abandoned_job_of_a_recorded_unlisted_queue_is_recovered(
+    r: redis.Redis, redis_server: RedisServer
+) -> None:
+    """recover_abandoned walks the unlisted queues the SCAN recorded: the killed worker's job is failed."""
+    manifest = produce(redis_server.url, queue="gone", with_killed_worker=True)
+    manifest.expire_dead_workers(r)
+    delete_queue(redis_server.url, "gone")
+    (job_id,) = manifest.ids("abandoned")
+    later = time.time() + 3600  # past the started entry's heartbeat deadline
+    only = ["recover_abandoned"]
+    for _ in range(2):
+        _, alone = run_tasks(r, only=only, now=later)
+        assert events_of(alone, "job_abandoned") == [], "found without the SCAN"
+    run_tasks(r, only=["clean_registries"], now=later)  # its SCAN records the queue
+    assert r.zrange(KEYS.unlisted_record(), 0, -1) == [b"gone"]
+    run_tasks(r, only=only, now=later)
+    _, second = run_tasks(r, only=only, now=later)
+    abandoned = events_of(second, "job_abandoned")
+    assert [(e["queue"], e["job_id"]) for e in abandoned] == [("gone", job_id)]
+    assert r.hget(KEYS.job(job_id), "status") == b"failed"

@@ -35,9 +35,10 @@ from janitor.jobs import (
     parse_int,
     parse_text,
 )
-from janitor.keyspace import iter_queue_names, to_text
+from janitor.keyspace import to_text
 from janitor.liveness import Recheck, judge, read_workers
 from janitor.tasks.base import TaskContext
+from janitor.unlisted import every_queue, find_unlisted
 
 NAME = "recover_abandoned"
 
@@ -76,10 +77,18 @@ class RecoverAbandoned:
     name = NAME
 
     def plan(self, ctx: TaskContext) -> Iterator[Action | Skip]:
-        """Yield recoveries for confirmed suspects, and bookkeeping for new ones."""
-        for queue in iter_queue_names(ctx.client, ctx.keys):
+        """Yield recoveries for confirmed suspects, and bookkeeping for new ones.
+
+        Unlisted queues too, those the janitor has recorded: this task runs every minute,
+        so it leaves the SCAN that finds them to ``expire_jobs`` and ``clean_registries``.
+        """
+        unlisted = find_unlisted(
+            ctx.client, ctx.keys, ctx.now, task=NAME, keys_per_run=0
+        )
+        for queue in every_queue(ctx.client, ctx.keys, unlisted):
             if ctx.allows_queue(to_text(queue)):
                 yield from self._plan_queue(ctx, queue)
+        yield from unlisted.bookkeeping
 
     def _plan_queue(self, ctx: TaskContext, queue: bytes) -> Iterator[Action | Skip]:
         offset = 0
