@@ -24,6 +24,7 @@ AUDIT_EVENTS = frozenset(
         "orphan_deleted",
         "registry_entry_removed",
         "dead_id_removed",
+        "index_entry_removed",
         "task_failed",
         "run_finished",
     }

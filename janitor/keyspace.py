@@ -174,6 +174,18 @@ class Keyspace:
         """``rq:group:<name>``: a group's set of job ids (RQ 2.0+)."""
         return self._key("group", name)
 
+    def groups(self) -> bytes:
+        """``rq:groups``: the set of group names (RQ 2.0+)."""
+        return self._key("groups")
+
+    def cron_schedulers(self) -> bytes:
+        """``rq:cron_schedulers``: cron scheduler names by last heartbeat (RQ 2.6+)."""
+        return self._key("cron_schedulers")
+
+    def cron_scheduler(self, name: str | bytes) -> bytes:
+        """``rq:cron_scheduler:<name>``: a cron scheduler's hash (RQ 2.6+; a 120 s TTL)."""
+        return self._key("cron_scheduler", name)
+
     # -- workers ----------------------------------------------------------------------
     def worker(self, name: str | bytes) -> bytes:
         """``rq:worker:<w>``: a worker's hash."""

@@ -816,6 +816,39 @@ return out
 )
 """Removes expired and dangling registry entries of a queue (``clean_registries``)."""
 
+INDEX_ENTRY = Slots(keys=("index", "owner"), args=("op", "member", "score"))
+"""One entry of ``CLEAN_INDEX_ENTRIES``: the index (``rq:groups`` or
+``rq:cron_schedulers``) and the key whose absence makes the entry dead; op (``group`` or
+``cron``), the member, the score the plan read (``cron``)."""
+
+CLEAN_INDEX_ENTRIES = (
+    _FENCE
+    + _GUARDS
+    + """
+-- Removes index entries of things that are gone, each re-checked: 'group' SREMs a member
+-- of rq:groups while its group set rq:group:<name> is still missing (what RQ's
+-- Group.clean_registries does); 'cron' ZREMs a member of rq:cron_schedulers while its
+-- score is the one the plan read and its hash rq:cron_scheduler:<name> is still missing.
+-- Slots: BATCH_HEAD, then INDEX_ENTRY per entry.
+"""
+    + batch_loop(BATCH_HEAD, INDEX_ENTRY)
+    + INDEX_ENTRY.advance()
+    + """
+  local done = 0
+  if redis.call('EXISTS', owner) == 0 then
+    if op == 'group' and writable(index, 'set') then
+      done = redis.call('SREM', index, member)
+    elseif op == 'cron' and writable(index, 'zset') and read('ZSCORE', index, member) == score then
+      done = redis.call('ZREM', index, member)
+    end
+  end
+  out[j] = done
+end
+return out
+"""
+)
+"""Removes entries of ``rq:groups`` and ``rq:cron_schedulers`` whose owner is gone (``clean_registries``)."""
+
 ORPHAN = Slots(
     keys=("key", "owner"), args=("kind", "ghost", "status", "heartbeat", "nchildren")
 )

@@ -30,3 +30,10 @@ def assert_unchanged(
         assert value == value_after, key
         assert (ttl < 0) == (ttl_after < 0), key
         assert abs(ttl - ttl_after) <= TTL_SLACK_MS or ttl < 0, key
+
+
+def restore(client: redis.Redis, snap: dict[bytes, tuple[bytes, int]]) -> None:
+    """Empty the database and put back every key of ``snap`` with its value and TTL."""
+    client.flushdb()
+    for key, (value, pttl) in snap.items():
+        client.restore(key, max(pttl, 0), value)

@@ -31,6 +31,14 @@ nothing is written. The marker has its TTL from birth, so a crash leaves it for 
 for: on RQ <= 1.15 workers never release it (899 s). A dry run applies nothing, the
 marker included. A queue with nothing to clean is not touched.
 
+Served queues (docs/keyspace.md, "Leaks RQ leaves", item 14): only the dangling ids of
+the canceled and deferred registries, which RQ's maintenance never cleans, each re-checked
+(``dangling``), without the marker, audited one by one as ``registry_entry_removed``.
+Queue lists of unserved queues (item 15): ids whose job hash is gone leave ``rq:queue:<q>``
+and ``rq:queue:<q>:intermediate`` (``lrem``, under the marker), audited as
+``dead_id_removed``. Unlisted queues (``janitor.unlisted``) are walked like listed ones.
+Then the global indexes, ``rq:groups`` and ``rq:cron_schedulers`` (``janitor.tasks.indexes``).
+
 Events: ``marker_refreshed`` (``queue``) when the janitor gave back the marker it took,
 i.e. the queue's hygiene ran under it. Removed entries get no audit event of their own
 (docs/contract.md names no event for a removed registry entry): they are the queue's
@@ -64,6 +72,7 @@ from janitor.jobs import TERMINAL_RAW
 from janitor.keyspace import Layout, to_text
 from janitor.leader import Fence
 from janitor.tasks.base import TaskContext
+from janitor.tasks.indexes import plan_indexes
 from janitor.unlisted import every_queue, find_unlisted
 
 NAME = "clean_registries"
@@ -207,6 +216,7 @@ class CleanRegistries:
                 )
                 continue
             yield from _QueuePlan(ctx, queue, token).plan()
+        yield from plan_indexes(ctx, NAME)
         yield from unlisted.bookkeeping
 
 
