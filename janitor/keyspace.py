@@ -49,6 +49,8 @@ class Layout(enum.Enum):
 
     RQ1 = "1.x"
     RQ2 = "2.x"
+    RQ2_OR_LATER = "2.x or 3.x"
+    """Job data as RQ 2.0 and later write it, and nothing only 3.x writes."""
     RQ3 = "3.x"
     UNKNOWN = "unknown"
 
@@ -351,9 +353,13 @@ def detect_layout(
 ) -> Layout:
     """Guess RQ's data layout from live evidence, reading only (for ``janitor check``).
 
-    Worker hashes carry RQ's ``version``; without workers, RQ 3's ready registries mean
-    3.x, an ``executions`` key means 2.x or later, and any other RQ key means 1.x. The
-    SCANs are bounded, so on a huge keyspace the answer may be ``unknown``.
+    Worker hashes carry RQ's ``version``. Without workers: a key prefix other than ``rq``
+    (only RQ 3 honours ``RQ_KEY_PREFIX``) or a key only RQ 3 writes (``rq:clean_groups``,
+    every worker's maintenance; ``rq:rl-keys``; a ready registry; a worker's executions
+    set) means 3.x; an ``executions`` key means 2.x or later, and so does a job hash with
+    the ``group_id`` field RQ 2.0 and later write into every job (the data of finished
+    and failed jobs alone looks the same in 2.x and 3.x); any other RQ key means 1.x.
+    The SCANs are bounded, so on a huge keyspace the answer may be ``unknown``.
     """
     majors: list[int] = []
     for worker_key in client.sscan_iter(keys.workers(), count=100):
@@ -365,14 +371,38 @@ def detect_layout(
             break
     if majors:
         return {1: Layout.RQ1, 2: Layout.RQ2}.get(max(majors), Layout.RQ3)
-    if _any_key(
-        client, keys.glob("ready", "*"), type_="zset", max_calls=max_scan_calls
+    if keys.prefix != "rq" or client.exists(
+        keys.glob("clean_groups"), keys.glob("rl-keys")
     ):
         return Layout.RQ3
-    if _any_key(
-        client, keys.glob("executions", "*"), type_="zset", max_calls=max_scan_calls
-    ):
-        return Layout.RQ2
+    shapes = (
+        (keys.glob("ready", "*"), "zset", Layout.RQ3),
+        (keys.glob("worker", "*"), "set", Layout.RQ3),  # only 3.x's :executions sets
+        (keys.glob("executions", "*"), "zset", Layout.RQ2_OR_LATER),
+    )
+    for pattern, type_, layout in shapes:
+        if _any_key(client, pattern, type_=type_, max_calls=max_scan_calls):
+            return layout
+    if _jobs_have(client, keys, b"group_id", max_calls=max_scan_calls):
+        return Layout.RQ2_OR_LATER
     if _any_key(client, keys.glob("*"), type_=None, max_calls=max_scan_calls):
         return Layout.RQ1
     return Layout.UNKNOWN
+
+
+def _jobs_have(
+    client: redis.Redis, keys: Keyspace, field: bytes, *, max_calls: int
+) -> bool:
+    """Whether the first job hashes SCAN finds (at most ten) have ``field``."""
+    cursor, found = 0, []
+    for _ in range(max_calls):
+        cursor, page = client.scan(
+            cursor=cursor, match=keys.glob("job", "*"), count=1000, _type="hash"
+        )
+        found += cast("list[bytes]", page)
+        if len(found) >= 10 or cursor == 0:  # noqa: PLR2004 - a few jobs suffice
+            break
+    pipe = client.pipeline(transaction=False)
+    for key in found[:10]:
+        pipe.hexists(key, cast("str", field))
+    return any(pipe.execute()) if found else False

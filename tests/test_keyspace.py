@@ -6,6 +6,8 @@ import pytest
 import redis
 
 from janitor.keyspace import Keyspace, Layout, detect_layout, iter_queue_names
+from tests.rqstate import produce
+from tests.servers import RedisServer
 
 # (method, args, expected) — taken from rq's registry.py key_templates, queue.py, job.py,
 # executions.py, worker.py and group.py; the same in 1.16.2, 2.x and 3.0 with prefix "rq".
@@ -13,6 +15,9 @@ TEMPLATES: list[tuple[str, tuple[str, ...], bytes]] = [
     ("queues", (), b"rq:queues"),
     ("queue", ("default",), b"rq:queue:default"),
     ("intermediate", ("default",), b"rq:queue:default:intermediate"),
+    ("groups", (), b"rq:groups"),
+    ("cron_schedulers", (), b"rq:cron_schedulers"),
+    ("cron_scheduler", ("a",), b"rq:cron_scheduler:a"),
     ("started", ("default",), b"rq:wip:default"),
     ("finished", ("default",), b"rq:finished:default"),
     ("failed", ("default",), b"rq:failed:default"),
@@ -72,17 +77,29 @@ def test_queue_names_come_from_rq_queues(r: redis.Redis) -> None:
     [
         ({}, Layout.UNKNOWN),
         ({"rq:queue:x": "list"}, Layout.RQ1),
-        ({"rq:executions:j": "zset"}, Layout.RQ2),
+        ({"rq:executions:j": "zset"}, Layout.RQ2_OR_LATER),
         ({"rq:ready:q": "zset"}, Layout.RQ3),
+        ({"rq:clean_groups": "string"}, Layout.RQ3),
+        ({"rq:worker:w:executions": "set"}, Layout.RQ3),
+        ({"rq:job:j": "hash+group_id"}, Layout.RQ2_OR_LATER),
+        ({"rq:job:j": "hash"}, Layout.RQ1),
     ],
 )
 def test_layout_detection_from_keys(
     r: redis.Redis, setup: dict[str, str], layout: Layout
 ) -> None:
-    """Without workers, the layout is told by RQ 2's executions and RQ 3's ready registries."""
+    """Without workers, the layout is told by RQ 2's executions and job fields and by keys only RQ 3 writes."""
     for key, kind in setup.items():
         if kind == "list":
             r.rpush(key, "j")
+        elif kind == "string":
+            r.set(key, "1", ex=600)
+        elif kind == "set":
+            r.sadd(key, "j:e")
+        elif kind.startswith("hash"):
+            r.hset(key, mapping={"status": "finished", "origin": "q"})
+            if kind.endswith("group_id"):
+                r.hset(key, "group_id", "")
         else:
             r.zadd(key, {"m": 1})
     assert detect_layout(r, Keyspace()) is layout
@@ -95,3 +112,27 @@ def test_layout_detection_from_worker_versions(r: redis.Redis) -> None:
     assert detect_layout(r, Keyspace()) is Layout.RQ1
     r.hset("rq:worker:w1", "version", "3.0.0")
     assert detect_layout(r, Keyspace()) is Layout.RQ3
+
+
+def test_a_key_prefix_other_than_rq_means_rq_3(r: redis.Redis) -> None:
+    """Only RQ 3 honours RQ_KEY_PREFIX, so data under another prefix is 3.x."""
+    r.rpush("acme:queue:x", "j")
+    assert detect_layout(r, Keyspace("acme")) is Layout.RQ3
+
+
+@pytest.mark.compat
+@pytest.mark.parametrize(
+    ("rq_version", "layout"),
+    [
+        ("1.16.2", Layout.RQ1),
+        ("2.12.0", Layout.RQ2_OR_LATER),
+        ("3.0.0", Layout.RQ3),
+    ],
+)
+def test_layout_of_real_data_without_live_workers(
+    rq_version: str, layout: Layout, redis_server: RedisServer, r: redis.Redis
+) -> None:
+    """Data a real RQ left (finished, failed, no worker alive) is told apart by version."""
+    produce(redis_server.url, rq_version=rq_version, queue="layout")
+    assert r.scard("rq:workers") == 0
+    assert detect_layout(r, Keyspace()) is layout
