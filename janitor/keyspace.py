@@ -139,6 +139,10 @@ class Keyspace:
         """``rq:suspended``: while it exists, every worker pauses (``rq suspend``)."""
         return self._key("suspended")
 
+    def scheduler_lock(self, name: str | bytes) -> bytes:
+        """``rq:scheduler-lock:<q>``: held (61 s TTL) while a scheduler serves the queue."""
+        return self._key("scheduler-lock", name)
+
     def cleaning_marker(self, name: str | bytes) -> bytes:
         """``rq:clean_registries:<q>``: the workers' maintenance lock for a queue."""
         return self._key("clean_registries", name)
@@ -187,6 +191,22 @@ class Keyspace:
     def cron_scheduler(self, name: str | bytes) -> bytes:
         """``rq:cron_scheduler:<name>``: a cron scheduler's hash (RQ 2.6+; a 120 s TTL)."""
         return self._key("cron_scheduler", name)
+
+    def rate_limit_keys(self) -> bytes:
+        """``rq:rl-keys``: the set of rate-limit keys in use (RQ 3.0+)."""
+        return self._key("rl-keys")
+
+    def rate_limit(self, key: str | bytes) -> bytes:
+        """``rq:rl:<key>``: a rate limit's config hash (``concurrency``; RQ 3.0+)."""
+        return self._key("rl", key)
+
+    def rate_limit_allowed(self, key: str | bytes) -> bytes:
+        """``rq:rl:<key>:allowed``: ids holding one of the limit's slots (RQ 3.0+)."""
+        return self.rate_limit(key) + b":allowed"
+
+    def rate_limit_waiting(self, key: str | bytes) -> bytes:
+        """``rq:rl:<key>:rate_limited``: ids waiting for a slot, oldest first (RQ 3.0+)."""
+        return self.rate_limit(key) + b":rate_limited"
 
     # -- workers ----------------------------------------------------------------------
     def worker(self, name: str | bytes) -> bytes:

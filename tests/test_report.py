@@ -6,6 +6,7 @@ import io
 import json
 import re
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ import pytest
 import redis
 from rq import Queue, Worker
 from rq.job import Job
+from rq.rate_limit import RateLimit
+from rq.registry import ReadyJobRegistry
 from rq.suspension import resume, suspend
 
 from janitor.audit import AuditLog
@@ -420,6 +423,46 @@ class TestMemoryAndDoctor:
         assert "suspended_forever" not in codes(
             build_report(r, Settings(), time.time())
         )
+
+    def test_scheduled_overdue_without_a_scheduler(self, r: redis.Redis) -> None:
+        """A job due an hour ago on a queue whose scheduler lock nobody holds is a finding; a held lock is not."""
+        queue = Queue("later", connection=r)
+        queue.enqueue_at(datetime.now(UTC) - timedelta(hours=1), funcs.ok)
+        queue.enqueue_at(datetime.now(UTC) + timedelta(hours=1), funcs.ok)
+        found = codes(build_report(r, Settings(), time.time()))
+        assert found["scheduled_overdue"]["queues"] == ["later"]
+        assert "--with-scheduler" in found["scheduled_overdue"]["advice"]
+        r.set(KEYS.scheduler_lock("later"), "scheduler-1", ex=61)
+        assert "scheduled_overdue" not in codes(
+            build_report(r, Settings(), time.time())
+        )
+
+
+class TestRq3Structures:
+    """RQ 3's ready registry and rate limits, as the report counts them."""
+
+    def test_ready_jobs_and_rate_limits_are_counted(self, r: redis.Redis) -> None:
+        """A stranded ready job shows in the queue's sizes; a limit's held slot and waiting jobs in rate_limits."""
+        queue = Queue("rl", connection=r)
+        limit = RateLimit("api", 1)
+        jobs = [queue.enqueue(funcs.ok, rate_limit=limit) for _ in range(3)]
+        stranded = queue.enqueue(funcs.ok)
+        ReadyJobRegistry(queue=queue).add(stranded)
+        report = build_report(r, Settings(), time.time())
+        [rl] = [q for q in report["queues"] if q["name"] == "rl"]
+        assert rl["sizes"]["ready"] == 1
+        assert rl["sizes"]["queue"] == 2  # the allowed job and the stranded one
+        assert report["rate_limits"]["count"] == 1
+        [api] = report["rate_limits"]["keys"]
+        assert (api["key"], api["concurrency"], api["allowed"], api["waiting"]) == (
+            "api",
+            1,
+            1,
+            2,
+        )
+        assert api["oldest_waiting_age_s"] >= 0
+        assert "api: 1/1 slots held, 2 waiting" in render_report(report)
+        assert r.zrange(KEYS.rate_limit_allowed("api"), 0, -1) == [jobs[0].id.encode()]
 
 
 class TestCli:

@@ -32,6 +32,7 @@ from janitor.report.leaks import (
 )
 from janitor.report.memory import memory
 from janitor.report.queues import Limits, QueueReport, Scope, queue_names, read_queues
+from janitor.report.ratelimits import rate_limits
 from janitor.report.read import TERMINAL_COLLECTIONS
 from janitor.unlisted import confirm
 
@@ -101,6 +102,7 @@ def build_report(
         "queues": [_queue_json(q, workers) for q in reports],
         "leaks": leaks(scope, reports, workers, scan),
         "memory": memory(scope, reports),
+        "rate_limits": rate_limits(scope),
         "findings": findings(scope, server, reports, workers),
     }
 
@@ -124,6 +126,7 @@ def _queue_json(queue: QueueReport, workers: Workers) -> dict[str, Any]:
         "listed": queue.listed,
         "family": queue.family,
         "allowed": queue.allowed,
+        "sizes": queue.totals,
         "served": queue.name in workers.served,
         "exact": queue.exact,
         "states": [row.to_json() for row in queue.rows],

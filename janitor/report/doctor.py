@@ -4,7 +4,8 @@ Findings (docs/report.md lists them): jobs enqueued with ``result_ttl=-1``, fail
 relying on RQ's one-year default ``failure_ttl``, a ``maxmemory-policy`` other than
 ``noeviction``, no ``maxmemory``, and queues whose workers have not cleaned them for
 longer than RQ's maintenance interval, and ``rq:suspended`` without a TTL (every worker
-paused until someone resumes them). The maintenance one is measured, not guessed: RQ's
+paused until someone resumes them), and scheduled jobs long overdue on a queue whose
+scheduler lock nobody holds (no ``--with-scheduler`` worker). The maintenance one is measured, not guessed: RQ's
 cleaning removes every registry entry whose score (an expiry or a heartbeat deadline)
 has passed, so the oldest such entry tells how long nobody cleaned the queue.
 """
@@ -25,6 +26,9 @@ IDLE_DEQUEUE_S = 405
 """An idle worker checks whether maintenance is due only between its blocking dequeues (``worker_ttl - 15``)."""
 OVERDUE_AFTER_S = MAINTENANCE_INTERVAL_S + IDLE_DEQUEUE_S
 """A served queue with entries expired longer than this was not cleaned when RQ should have."""
+SCHEDULED_OVERDUE_S = 300
+"""A scheduled job due longer ago than this, on a queue whose scheduler lock nobody holds,
+waits for a scheduler that is not running (RQ's scheduler polls every second)."""
 CLEANED_REGISTRIES = ("started", "finished", "failed")
 """The registries RQ's ``clean_registries`` prunes by score."""
 
@@ -60,6 +64,7 @@ def findings(
         *_server_findings(server),
         *_ttl_findings(queues),
         *_maintenance_findings(scope, queues, workers),
+        *_scheduler_findings(scope, queues),
     ]
 
 
@@ -191,5 +196,43 @@ def _maintenance_findings(
             "it. recover_abandoned and clean_registries do this work independently.",
             count=len(overdue),
             queues=[name for name, _, _ in overdue],
+        )
+    ]
+
+
+def _scheduler_findings(
+    scope: Scope, queues: Sequence[QueueReport]
+) -> list[dict[str, Any]]:
+    """Queues with scheduled jobs long overdue and nobody holding ``rq:scheduler-lock:<q>``."""
+    waiting = [q.name for q in queues if q.totals.get("scheduled")]
+    keys, pipe = scope.keys, scope.client.pipeline(transaction=False)
+    for name in waiting:
+        pipe.zrange(keys.scheduled(name), 0, 0, withscores=True)
+        pipe.exists(keys.scheduler_lock(name))
+    replies = pipe.execute(raise_on_error=False)
+    overdue: list[tuple[str, float]] = []
+    for index, name in enumerate(waiting):
+        first, locked = replies[2 * index : 2 * index + 2]
+        if not isinstance(first, list) or not first or locked:
+            continue
+        late = scope.now - float(first[0][1])
+        if late > SCHEDULED_OVERDUE_S:
+            overdue.append((name, late))
+    if not overdue:
+        return []
+    details = "; ".join(
+        f"{name}: due {format_duration(int(late))} ago" for name, late in overdue[:10]
+    )
+    return [
+        _finding(
+            "scheduled_overdue",
+            "warning",
+            f"{len(overdue)} queue(s) hold scheduled jobs long past due and no scheduler "
+            f"holds their rq:scheduler-lock: {details}",
+            "Only a worker started with --with-scheduler (or `rq scheduler` on RQ < 1.2) "
+            "moves due scheduled jobs to their queue; run one for these queues. The "
+            "janitor never enqueues scheduled jobs.",
+            count=len(overdue),
+            queues=[name for name, _ in overdue],
         )
     ]

@@ -38,8 +38,10 @@ COLLECTIONS = (
     "finished",
     "failed",
     "canceled",
+    "ready",
 )
-"""Where a queue's jobs are, as ``Keyspace`` method names; ``queue`` is a list, the rest sorted sets."""
+"""Where a queue's jobs are, as ``Keyspace`` method names; ``queue`` is a list, the rest sorted
+sets (``ready``: RQ 3's jobs whose dependencies are done, about to be enqueued)."""
 
 STATES: tuple[tuple[str, str], ...] = (
     ("queued", "queue"),

@@ -108,6 +108,7 @@ def render_report(report: dict[str, Any]) -> str:
         "RQ DELETES: when the jobs' keys expire (among the jobs read); ~ = estimated from a sample.",
     ]
     lines += _leak_lines(report["leaks"])
+    lines += _rate_limit_lines(report["rate_limits"])
     lines += _memory_lines(report["memory"])
     lines += _finding_lines(report["findings"])
     lines += ["", _sampling_line(report["sampling"])]
@@ -124,6 +125,20 @@ def _leak_lines(leaks: Sequence[dict[str, Any]]) -> list[str]:
         examples = ", ".join(leak["examples"][:3])
         lines.append(f"  {leak['kind']}: {leak['count']}{approx}  e.g. {examples}")
         lines.append(f"    what to do: {leak['advice']}")
+    return lines
+
+
+def _rate_limit_lines(limits: dict[str, Any]) -> list[str]:
+    if not limits["keys"]:
+        return []
+    lines = ["", f"Rate limits (RQ 3): {limits['count']}"]
+    for limit in limits["keys"][:10]:
+        waiting = f"{limit['waiting']} waiting"
+        if limit["oldest_waiting_age_s"] is not None:
+            waiting += f", the oldest for {human(limit['oldest_waiting_age_s'])}"
+        lines.append(
+            f"  {limit['key']}: {limit['allowed']}/{limit['concurrency']} slots held, {waiting}"
+        )
     return lines
 
 

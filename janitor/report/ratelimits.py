@@ -1,0 +1,63 @@
+"""The report's ``rate_limits``: RQ 3's concurrency limits, their held slots and waiting jobs.
+
+RQ 3.0 keeps, per rate-limit key, ``rq:rl:<key>`` (its ``concurrency``), the ids holding a
+slot (``rq:rl:<key>:allowed``) and those waiting for one (``rq:rl:<key>:rate_limited``,
+oldest first); ``rq:rl-keys`` lists the keys. A slot held by a job that is gone is freed
+only by a worker's maintenance, and until then the waiting jobs wait. Read only: SSCAN of
+``rq:rl-keys`` (at most ``MAX_KEYS``), ZCARD of both sets, and the oldest waiting entry.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from janitor.keyspace import to_text
+from janitor.report.queues import Scope
+
+MAX_KEYS = 1_000
+"""Rate-limit keys reported at most; ``exact`` says whether that was all."""
+
+
+def rate_limits(scope: Scope) -> dict[str, Any]:
+    """``{"count", "exact", "keys": [...]}`` as docs/report.md documents it."""
+    client, keys = scope.client, scope.keys
+    if client.type(keys.rate_limit_keys()) != b"set":
+        return {"count": 0, "exact": True, "keys": []}
+    count = client.scard(keys.rate_limit_keys())
+    names: list[bytes] = []
+    for member in client.sscan_iter(keys.rate_limit_keys(), count=1000):
+        if len(names) >= MAX_KEYS:
+            break
+        names.append(cast("bytes", member))
+    names.sort()
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.hget(keys.rate_limit(name), "concurrency")
+        pipe.zcard(keys.rate_limit_allowed(name))
+        pipe.zcard(keys.rate_limit_waiting(name))
+        pipe.zrange(keys.rate_limit_waiting(name), 0, 0, withscores=True)
+    replies = pipe.execute(raise_on_error=False)
+    found = []
+    for index, name in enumerate(names):
+        concurrency, allowed, waiting, oldest = replies[4 * index : 4 * index + 4]
+        first = oldest[0][1] if isinstance(oldest, list) and oldest else None
+        found.append(
+            {
+                "key": to_text(name),
+                "concurrency": _int(concurrency),
+                "allowed": allowed if isinstance(allowed, int) else 0,
+                "waiting": waiting if isinstance(waiting, int) else 0,
+                "oldest_waiting_age_s": (
+                    None if first is None else round(scope.now - float(first), 3)
+                ),
+            }
+        )
+    return {"count": count, "exact": len(names) == count, "keys": found}
+
+
+def _int(raw: object) -> int | None:
+    """An integer field as RQ writes it, or None."""
+    try:
+        return int(cast("bytes", raw))
+    except (TypeError, ValueError):
+        return None
