@@ -8,7 +8,8 @@ from typing import Any, cast
 
 import pytest
 import redis
-from rq import Queue
+from rq import Queue, Worker
+from rq.intermediate_queue import IntermediateQueue
 
 from janitor.actions import Action, SetJanitorMember
 from janitor.config import QueuesSettings, RqSettings, Settings
@@ -21,7 +22,7 @@ from tests.funcs import work
 from tests.rqenv import RQ_VERSIONS, python_for
 from tests.rqstate import LIVE, TERMINAL, produce
 from tests.servers import RedisServer
-from tests.snapshot import assert_unchanged, snapshot
+from tests.snapshot import assert_unchanged, restore, snapshot
 
 KEYS = Keyspace()
 DAY = 86_400
@@ -217,6 +218,28 @@ class TestDeadIds:
         assert removed == sorted(
             (e["list"], e["job_id"]) for e in events_of(dry, "dead_id_removed")
         )
+
+    def test_result_matches_rqs_compact_and_intermediate_cleanup(
+        self, r: redis.Redis
+    ) -> None:
+        """The lists end as RQ's Queue.compact() and IntermediateQueue.cleanup() leave them."""
+        queue = Queue("pj", connection=r)
+        live = [queue.enqueue(funcs.ok).id.encode() for _ in range(3)]
+        r.delete(KEYS.queue("pj"))
+        r.rpush(KEYS.queue("pj"), b"dead-1", live[0], b"dead-2", live[1])
+        r.rpush(KEYS.intermediate("pj"), live[2], b"dead-3")
+        state = snapshot(r)
+        run_tasks(r, only=["clean_registries"])
+        janitor = [
+            r.lrange(k, 0, -1) for k in (KEYS.queue("pj"), KEYS.intermediate("pj"))
+        ]
+        restore(r, state)
+        queue.compact()  # type: ignore[no-untyped-call]  # RQ leaves compact() unannotated
+        IntermediateQueue(queue.key, connection=r).cleanup(
+            Worker([queue], connection=r), queue
+        )
+        rq = [r.lrange(k, 0, -1) for k in (KEYS.queue("pj"), KEYS.intermediate("pj"))]
+        assert janitor == rq == [live[:2], [live[2]]]
 
     def test_per_job_queue_with_an_expired_ttl_job_is_pruned(
         self, r: redis.Redis
