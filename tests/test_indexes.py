@@ -10,10 +10,12 @@ import pytest
 import redis
 
 from janitor.config import Settings
+from janitor.index_entries import CRON_GRACE_S
 from janitor.keyspace import Keyspace
 from janitor.policy import QueueFilter
+from janitor.report import build_report
 from janitor.tasks.base import TaskContext
-from janitor.tasks.indexes import CRON_GRACE_S, plan_indexes
+from janitor.tasks.indexes import plan_indexes
 from tests.engine_run import run_tasks
 from tests.rqenv import python_for
 from tests.servers import RedisServer
@@ -87,6 +89,14 @@ def test_entries_of_gone_groups_and_schedulers_go_as_rq_removes_them(
     r.zadd(KEYS.cron_schedulers(), {"dead-cron": old, "alive-cron": old}, xx=True)
     r.delete(KEYS.cron_scheduler("dead-cron"), KEYS.cron_scheduler("young-cron"))
     state = snapshot(r)
+    leaks = {
+        leak["kind"]: leak for leak in build_report(r, Settings(), time.time())["leaks"]
+    }
+    assert leaks["dead_index_entries"]["by_kind"] == {"groups": 1, "cron_schedulers": 1}
+    assert sorted(leaks["dead_index_entries"]["examples"]) == [
+        "dead-cron",
+        "dead-group",
+    ]
 
     _, dry = run_tasks(r, only=["clean_registries"], dry_run=True)
     assert_unchanged(state, snapshot(r))

@@ -488,6 +488,7 @@ class TestCli:
             "unserved_queues",
             "unlisted_queues",
             "interrupted_compactions",
+            "dead_index_entries",
         ]
         assert list(rows(report)) == list(expected_counts(manifest))
         assert {f["code"] for f in report["findings"]} <= {

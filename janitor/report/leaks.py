@@ -1,9 +1,11 @@
 """The report's leaks: RQ state nobody will ever clean, found by bounded reads.
 
-Seven kinds (docs/keyspace.md, "Leaks RQ leaves"): keys without a TTL that should have
+Eight kinds (docs/keyspace.md, "Leaks RQ leaves"): keys without a TTL that should have
 one, registry ids whose job is gone, dead workers still listed, failure result streams
 without a TTL, queues no worker serves, queues no longer in ``rq:queues`` whose registries
-stay (``janitor.unlisted``), and lists of interrupted ``Queue.compact()`` runs. Workers come from ``rq:workers`` and the
+stay (``janitor.unlisted``), lists of interrupted ``Queue.compact()`` runs, and entries
+of ``rq:groups`` and ``rq:cron_schedulers`` whose group or scheduler is gone
+(``janitor.index_entries``). Workers come from ``rq:workers`` and the
 per-queue sets of the reported queues (each read up to a bound); keys that no RQ index
 lists (result streams, dependency sets, worker hashes outside the sets) from one SCAN of
 the RQ prefix with COUNT, stopped after ``SCAN_CALLS`` calls. Only names, types, TTLs
@@ -16,7 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
-from janitor import liveness
+from janitor import index_entries, liveness
 from janitor.keyspace import to_text
 from janitor.report.queues import QueueReport, Scope
 from janitor.unlisted import queue_of
@@ -32,6 +34,8 @@ SCAN_CALLS = 100
 EXAMPLES = 10
 """Names listed per leak; the count covers the rest."""
 PIPELINE = 1_000
+INDEX_LIMIT = 10_000
+"""Dead index entries counted at most, per index."""
 
 T = TypeVar("T")
 
@@ -53,6 +57,10 @@ ADVICE = {
     "interrupted_compactions": "rq:queue:_compact:<uuid> lists of a Queue.compact() that did "
     "not finish hold the only copy of the ids it had not pushed back. The janitor leaves them: "
     "RPUSH each live id to rq:queue:<origin> (its job hash's origin), then DEL the list.",
+    "dead_index_entries": "rq:groups members whose group set is gone and rq:cron_schedulers "
+    "entries of cron schedulers that died without unregistering (their hash expired over "
+    "10 minutes ago). Only a worker's maintenance cleans them in RQ; clean_registries "
+    "removes them.",
     "unserved_queues": "RQ cleans a queue only from a worker that serves it: abandoned jobs stay "
     "started and expired registry ids stay. recover_abandoned and clean_registries do it "
     "for every queue in [rq] queues.",
@@ -261,6 +269,10 @@ def leaks(
         for kind, member in q.dangling
     ]
     unserved = [q.name for q in queues if q.name not in workers.served]
+    dead_groups = index_entries.dead_groups(scope.client, keys, INDEX_LIMIT)
+    dead_crons = index_entries.dead_cron_schedulers(
+        scope.client, keys, scope.now, INDEX_LIMIT
+    )
     items = [
         (
             "keys_without_ttl",
@@ -296,6 +308,12 @@ def leaks(
             _totals(q for q in queues if not q.listed),
         ),
         ("interrupted_compactions", scan.compactions, scan.complete, None),
+        (
+            "dead_index_entries",
+            [*dead_groups, *(name for name, _ in dead_crons)],
+            len(dead_groups) < INDEX_LIMIT and len(dead_crons) < INDEX_LIMIT,
+            {"groups": len(dead_groups), "cron_schedulers": len(dead_crons)},
+        ),
     ]
     return [
         {
