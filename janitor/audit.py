@@ -25,6 +25,7 @@ AUDIT_EVENTS = frozenset(
         "registry_entry_removed",
         "dead_id_removed",
         "index_entry_removed",
+        "ready_job_enqueued",
         "task_failed",
         "run_finished",
     }

@@ -10,6 +10,7 @@ free-form before RQ 2.8 and the client is a bytes client.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import cast
@@ -124,12 +125,12 @@ class Keyspace:
         ambiguous: ``rq:queue:<x>:intermediate`` is also the list of a queue named
         ``<x>:intermediate``; callers that can tell (it is a member of ``rq:queues``) must.
         """
-        for kind in QUEUE_REGISTRIES:
-            name = id_in(getattr(self, kind), key)
-            if name is not None:
-                return kind, name
-        name = id_in(self.intermediate, key)
-        return None if name is None else ("intermediate", name)
+        for kind, head, tail in _queue_key_shapes(self):
+            if key.startswith(head) and key.endswith(tail):
+                name = key[len(head) : len(key) - len(tail)]
+                if name:
+                    return kind, name
+        return None
 
     def compact_glob(self) -> bytes:
         """``rq:queue:_compact:*``: the lists ``Queue.compact()`` renames a queue to while it runs."""
@@ -325,6 +326,17 @@ class Keyspace:
 
 _SLOT = b"\x00"
 """Stands in for the id when a key template is read off its builder."""
+
+
+@functools.cache
+def _queue_key_shapes(keys: Keyspace) -> tuple[tuple[str, bytes, bytes], ...]:
+    """(registry, head, tail) of every per-queue key ``registry_of_key`` knows, read off the builders once."""
+    builders = [(kind, getattr(keys, kind)) for kind in QUEUE_REGISTRIES]
+    shapes = []
+    for kind, build in [*builders, ("intermediate", keys.intermediate)]:
+        head, _, tail = build(_SLOT).partition(_SLOT)
+        shapes.append((kind, head, tail))
+    return tuple(shapes)
 
 
 def id_in(build: Callable[[bytes], bytes], key: bytes) -> bytes | None:

@@ -816,6 +816,70 @@ return out
 )
 """Removes expired and dangling registry entries of a queue (``clean_registries``)."""
 
+READY_ENTRY = Slots(
+    keys=("ready", "job", "queue", "dependents", "dependencies"),
+    args=("op", "id", "origin", "score", "enqueued_at", "default_timeout"),
+)
+"""One entry of ``ENQUEUE_READY_JOBS``: RQ 3's ready registry, the job hash, the queue
+list, the job's dependents and dependencies sets; op (``enqueue`` or ``stale``), the id,
+the queue's name, the score the plan read, RQ's ``utcformat`` of now, and RQ's default
+job timeout (180 s) for a job that has none."""
+
+ENQUEUE_READY_JOBS = (
+    _FENCE
+    + _GUARDS
+    + """
+-- What RQ 3's ReadyJobRegistry.enqueue_jobs does for one entry, re-checked atomically:
+-- the entry must still have the score the plan read (else someone enqueued it).
+--   enqueue: the job is still 'ready_to_enqueue', of this queue, not rate-limited: ZREM
+--            the entry, status 'queued', enqueued_at, timeout if it had none, EXPIRE
+--            its keys if it has a ttl (Job.cleanup), LPUSH when it should go to the
+--            front (enqueue_at_front, or enqueue_at_front_on_retry after a run), else
+--            RPUSH: Queue._enqueue_job. Like RQ, rq:queues is not touched.
+--   stale:   the job hash is gone or its status is no longer 'ready_to_enqueue': ZREM
+--            the entry, as RQ drops stale entries.
+-- Returns per entry 1 when done, 0 when it left the entry alone.
+-- Slots: BATCH_HEAD, then READY_ENTRY per entry.
+"""
+    + batch_loop(BATCH_HEAD, READY_ENTRY)
+    + READY_ENTRY.advance()
+    + """
+  local done = 0
+  if writable(ready, 'zset') and read('ZSCORE', ready, id) == score then
+    local h, ok = read('HMGET', job, 'status', 'origin', 'rate_limit_key', 'enqueue_at_front',
+      'enqueue_at_front_on_retry', 'ended_at', 'ttl', 'timeout')
+    if ok then
+      local status, from, limit, front, front_retry, ended, ttl, timeout =
+        h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8]
+      if op == 'stale' and status ~= 'ready_to_enqueue' then
+        done = redis.call('ZREM', ready, id)
+      elseif op == 'enqueue' and status == 'ready_to_enqueue' and from == origin
+          and (not limit or limit == '') and writable(queue, 'list') then
+        redis.call('ZREM', ready, id)
+        redis.call('HSET', job, 'status', 'queued', 'enqueued_at', enqueued_at)
+        if not timeout or timeout == '' then redis.call('HSET', job, 'timeout', default_timeout) end
+        local seconds = tonumber(ttl or '')
+        if seconds and seconds > 0 then
+          redis.call('EXPIRE', job, math.floor(seconds))
+          redis.call('EXPIRE', dependents, math.floor(seconds))
+          redis.call('EXPIRE', dependencies, math.floor(seconds))
+        end
+        if (front_retry == '1' and ended and ended ~= '') or front == '1' then
+          redis.call('LPUSH', queue, id)
+        else
+          redis.call('RPUSH', queue, id)
+        end
+        done = 1
+      end
+    end
+  end
+  out[j] = done
+end
+return out
+"""
+)
+"""Enqueues ready jobs or drops stale ready entries (``clean_registries``, RQ 3 data)."""
+
 INDEX_ENTRY = Slots(keys=("index", "owner"), args=("op", "member", "score"))
 """One entry of ``CLEAN_INDEX_ENTRIES``: the index (``rq:groups`` or
 ``rq:cron_schedulers``) and the key whose absence makes the entry dead; op (``group`` or

@@ -73,6 +73,7 @@ from janitor.keyspace import Layout, to_text
 from janitor.leader import Fence
 from janitor.tasks.base import TaskContext
 from janitor.tasks.indexes import plan_indexes
+from janitor.tasks.ready import plan_ready
 from janitor.unlisted import every_queue, find_unlisted
 
 NAME = "clean_registries"
@@ -206,16 +207,17 @@ class CleanRegistries:
             name = to_text(queue)
             if not ctx.allows_queue(name):
                 continue
-            if _served(ctx, queue):
+            served = _served(ctx, queue)
+            if served:
                 # the worker cleans the rest itself (docs/keyspace.md, "Leaks RQ leaves", item 14)
                 yield from _QueuePlan(ctx, queue, token, served=True).plan()
-                continue
-            if ctx.client.exists(ctx.keys.cleaning_marker(queue)):
+            elif ctx.client.exists(ctx.keys.cleaning_marker(queue)):
                 yield Skip(
                     NAME, "the queue's maintenance marker is held", {"queue": name}
                 )
-                continue
-            yield from _QueuePlan(ctx, queue, token).plan()
+            else:
+                yield from _QueuePlan(ctx, queue, token).plan()
+            yield from plan_ready(ctx, NAME, queue, served=served)
         yield from plan_indexes(ctx, NAME)
         yield from unlisted.bookkeeping
 
