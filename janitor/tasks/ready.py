@@ -29,8 +29,10 @@ from janitor.jobs import format_rq_time
 from janitor.keyspace import to_text
 from janitor.tasks.base import TaskContext
 
-SERVED_GRACE_S = 60
-"""A served queue's ready entry must be this old: its worker enqueues it at once, or at its next maintenance."""
+SERVED_GRACE_S = 10
+"""A served queue's ready entry must be this old. RQ enqueues a ready job milliseconds after it
+registers it, so an older entry is stranded; the grace only keeps the janitor from racing
+that (harmless: both re-check) on every pass."""
 MAX_PER_QUEUE = 10_000
 """Ready entries planned per queue and run; more wait for the next run."""
 DEFAULT_TIMEOUT_S = 180
