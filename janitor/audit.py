@@ -26,6 +26,7 @@ AUDIT_EVENTS = frozenset(
         "dead_id_removed",
         "index_entry_removed",
         "ready_job_enqueued",
+        "dependent_enqueued",
         "task_failed",
         "run_finished",
     }

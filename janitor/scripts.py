@@ -816,6 +816,88 @@ return out
 )
 """Removes expired and dangling registry entries of a queue (``clean_registries``)."""
 
+DEPENDENT = Slots(
+    keys=("trigger", "job", "dependencies", "deferred", "queue", "dependents"),
+    args=("id", "origin", "allow", "enqueued_at", "default_timeout", "nparents"),
+)
+"""One job of ``ENQUEUE_DEPENDENTS``: the dependents set of the parent whose end enqueues
+it, its job hash, dependencies set, deferred registry, queue list and its own dependents
+set; its id, origin, ``allow_dependency_failures`` as planned (``+`` and the value, ''
+if absent), RQ's ``utcformat`` of now, RQ's default timeout, the number of parents whose
+job hashes (KEYS) and ids and planned statuses (ARGV) follow."""
+
+ENQUEUE_DEPENDENTS = (
+    _FENCE
+    + _GUARDS
+    + """
+-- Enqueues deferred jobs whose parents ended the way they accept (janitor/dependencies.py
+-- decided that at plan time), as RQ's Queue.enqueue_dependents does, each only if every
+-- fact the plan decided on still holds: the job is still a member of the trigger
+-- parent's dependents set, still 'deferred' of this origin, not rate-limited, with the
+-- same allow_dependency_failures; its dependencies set holds exactly the planned parents,
+-- each with the planned status ('+' .. status, '' when the hash is gone). Then: SREM it
+-- from the trigger's dependents (Redis drops the set when it empties, as RQ DELs it),
+-- ZREM it from the deferred registry, status 'queued', enqueued_at, the default timeout
+-- if it has none, EXPIRE its keys if it has a ttl, LPUSH if enqueue_at_front else RPUSH.
+-- Returns per job 1 when enqueued, 0 when left alone.
+-- Slots: BATCH_HEAD, then per job DEPENDENT followed by its parents' job hashes (KEYS)
+-- and, per parent, its id and planned status (ARGV).
+local function field(key, name)
+  local value = redis.call('HGET', key, name)
+  return value and ('+' .. value) or ''
+end
+"""
+    + batch_loop(BATCH_HEAD, DEPENDENT)
+    + f"""
+  nparents = tonumber(nparents)
+  local parents0, pargs0 = k + {len(DEPENDENT.keys)}, a + {len(DEPENDENT.args)}
+"""
+    + """
+  local ok = writable(trigger, 'set') and writable(dependencies, 'set')
+    and writable(deferred, 'zset') and writable(queue, 'list')
+    and redis.call('TYPE', job)['ok'] == 'hash'
+  if ok then
+    local h = redis.call('HMGET', job, 'status', 'origin', 'rate_limit_key')
+    ok = h[1] == 'deferred' and h[2] == origin and (not h[3] or h[3] == '')
+      and redis.call('SISMEMBER', trigger, id) == 1
+      and field(job, 'allow_dependency_failures') == allow
+      and redis.call('SCARD', dependencies) == nparents
+  end
+  if ok then
+    for p = 0, nparents - 1 do
+      local parent, planned = ARGV[pargs0 + 2 * p], ARGV[pargs0 + 2 * p + 1]
+      local key = KEYS[parents0 + p]
+      if redis.call('SISMEMBER', dependencies, parent) ~= 1 then ok = false
+      elseif redis.call('EXISTS', key) == 1 and redis.call('TYPE', key)['ok'] ~= 'hash' then ok = false
+      elseif field(key, 'status') ~= planned then ok = false
+      end
+    end
+  end
+  local done = 0
+  if ok then
+    redis.call('SREM', trigger, id)
+    redis.call('ZREM', deferred, id)
+    redis.call('HSET', job, 'status', 'queued', 'enqueued_at', enqueued_at)
+    local extra = redis.call('HMGET', job, 'timeout', 'ttl', 'enqueue_at_front')
+    if not extra[1] or extra[1] == '' then redis.call('HSET', job, 'timeout', default_timeout) end
+    local seconds = tonumber(extra[2] or '')
+    if seconds and seconds > 0 then
+      redis.call('EXPIRE', job, math.floor(seconds))
+      redis.call('EXPIRE', dependents, math.floor(seconds))
+      redis.call('EXPIRE', dependencies, math.floor(seconds))
+    end
+    if extra[3] == '1' then redis.call('LPUSH', queue, id) else redis.call('RPUSH', queue, id) end
+    done = 1
+  end
+  out[j] = done
+  k = parents0 + nparents
+  a = pargs0 + 2 * nparents
+end
+return out
+"""
+)
+"""Enqueues the dependents of a job the janitor failed (``recover_abandoned``)."""
+
 READY_ENTRY = Slots(
     keys=("ready", "job", "queue", "dependents", "dependencies"),
     args=("op", "id", "origin", "score", "enqueued_at", "default_timeout"),

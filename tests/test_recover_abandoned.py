@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any, cast
@@ -14,10 +15,10 @@ from rq.results import Result
 from janitor.config import AbandonedSettings, RqSettings, Settings
 from janitor.keyspace import Keyspace
 from tests.engine_run import run_tasks
-from tests.rqenv import RQ_VERSIONS
+from tests.rqenv import RQ_VERSIONS, python_for
 from tests.rqstate import Manifest, produce
 from tests.servers import RedisServer
-from tests.snapshot import assert_unchanged, snapshot
+from tests.snapshot import assert_unchanged, restore, snapshot
 
 LATER = 300.0  # seconds after the kill: past the ≈90 s heartbeat deadline of the started entry
 
@@ -179,3 +180,77 @@ def test_abandoned_job_of_every_rq_version(
         assert not [m for m in members if m.startswith(job_id.encode())]
     finally:
         manifest.kill_workers()
+
+
+RQ_CLEANUP = """
+import sys
+from redis import Redis
+from rq.registry import StartedJobRegistry
+registry = StartedJobRegistry(sys.argv[2], connection=Redis.from_url(sys.argv[1]))
+registry.cleanup(timestamp=float(sys.argv[3]))
+"""
+
+
+def rq_cleanup(rq_version: str, url: str, queue: str, at: float) -> None:
+    """RQ's own started-registry cleanup of that version, as a worker's maintenance runs it."""
+    args = [str(python_for(rq_version)), "-c", RQ_CLEANUP, url, queue, repr(at)]
+    subprocess.run(args, check=True, timeout=60, capture_output=True)
+
+
+def dependency_state(
+    r: redis.Redis, keys: Keyspace, parent: str, *children: str
+) -> tuple[object, ...]:
+    """What failing ``parent`` decides for its children: statuses, queue, deferred registry, dependents."""
+    return (
+        r.hget(keys.job(parent), "status"),
+        [r.hget(keys.job(child), "status") for child in children],
+        r.lrange(keys.queue("work"), 0, -1),
+        r.zrange(keys.deferred("work"), 0, -1),
+        r.smembers(keys.dependents(parent)),
+    )
+
+
+@pytest.mark.compat
+@pytest.mark.parametrize("rq_version", RQ_VERSIONS)
+def test_dependents_that_allow_failure_run_after_the_janitor_fails_their_parent(
+    rq_version: str, redis_server: RedisServer, r: redis.Redis
+) -> None:
+    """The allow_failure child is enqueued (audited) and a real worker runs it; the other child stays deferred."""
+    manifest = produce(
+        redis_server.url, rq_version=rq_version, queue="work", with_killed_worker=True
+    )
+    manifest.expire_dead_workers(r)
+    keys = Keyspace(manifest.key_prefix)
+    (parent,) = manifest.ids("abandoned")
+    (allowed,) = manifest.ids("abandoned_child_allowed")
+    (strict,) = manifest.ids("abandoned_child")
+    config = Settings(rq=RqSettings(key_prefix=manifest.key_prefix))
+    later = time.time() + LATER
+    run_tasks(r, config, only=["recover_abandoned"], now=later)
+    state = snapshot(r)
+    _, dry = run_tasks(r, config, only=["recover_abandoned"], now=later, dry_run=True)
+    assert_unchanged(state, snapshot(r))
+    rq_left: tuple[object, ...] | None = None
+    if manifest.rq_major >= 2:  # RQ 1.16's started-registry cleanup forgot dependents
+        restore(r, state)
+        rq_cleanup(rq_version, redis_server.url, "work", later)
+        rq_left = dependency_state(r, keys, parent, allowed, strict)
+        restore(r, state)
+    _, events = run_tasks(r, config, only=["recover_abandoned"], now=later)
+    if rq_left is not None:
+        assert dependency_state(r, keys, parent, allowed, strict) == rq_left
+    for lines in (dry, events):
+        enqueued = [e for e in lines if e["event"] == "dependent_enqueued"]
+        assert [(e["queue"], e["job_id"], e["parent"]) for e in enqueued] == [
+            ("work", allowed, parent)
+        ]
+    assert r.hget(keys.job(parent), "status") == b"failed"
+    queued = [j.encode() for j in manifest.ids("queued")]
+    assert r.lrange(keys.queue("work"), 0, -1) == [*queued, allowed.encode()]
+    assert r.hget(keys.job(allowed), "status") == b"queued"
+    assert strict.encode() in r.zrange(keys.deferred("work"), 0, -1)
+    assert allowed.encode() not in r.zrange(keys.deferred("work"), 0, -1)
+    assert r.smembers(keys.dependents(parent)) == {strict.encode()}
+    manifest.work_burst(rq_version)
+    assert r.hget(keys.job(allowed), "status") == b"finished"
+    assert r.hget(keys.job(strict), "status") == b"deferred"

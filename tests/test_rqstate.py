@@ -35,7 +35,7 @@ FINISHED = (
     "group",
 )
 FAILED = ("failed", "failed_retried", "failed_parent", "stopped")
-DEFERRED = ("deferred_child", "deferred")
+DEFERRED = ("deferred_child", "deferred", "abandoned_child_allowed", "abandoned_child")
 
 
 def text(value: object) -> str:
@@ -123,6 +123,8 @@ def test_every_category_has_its_status_and_registry(
         "scheduled": 1,
         "started": 0,
         "abandoned": 1,
+        "abandoned_child_allowed": 1,
+        "abandoned_child": 1,
     }
     all_ids = m.ids()
     assert len(set(all_ids)) == len(all_ids)

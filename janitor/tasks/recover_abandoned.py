@@ -38,6 +38,7 @@ from janitor.jobs import (
 from janitor.keyspace import to_text
 from janitor.liveness import Recheck, judge, read_workers
 from janitor.tasks.base import TaskContext
+from janitor.tasks.dependents import plan_dependents
 from janitor.unlisted import every_queue, find_unlisted
 
 NAME = "recover_abandoned"
@@ -143,9 +144,16 @@ class RecoverAbandoned:
                 new_suspects.append((entry.member, fingerprint))
                 continue
             try:
-                yield self._recover(ctx, queue, entry, recheck, fingerprint)
+                action = self._recover(ctx, queue, entry, recheck, fingerprint)
             except (FieldError, ValueError) as err:
                 yield Skip(NAME, f"unreadable retry fields: {err}", where)
+                continue
+            yield action
+            if action.fields["action"] == "failed":
+                # applied after the failure, in plan order (tasks.dependents)
+                yield from plan_dependents(
+                    ctx, NAME, entry.job_id, parent_status="failed"
+                )
         if new_suspects:
             record = RecordSuspects(
                 ctx.keys.abandoned_suspects(queue), tuple(new_suspects), SUSPECTS_TTL_S

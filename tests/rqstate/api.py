@@ -42,7 +42,14 @@ TERMINAL = (
     "finished_child",
     "group",
 )
-LIVE = ("queued", "deferred", "scheduled", "deferred_child")
+LIVE = (
+    "queued",
+    "deferred",
+    "scheduled",
+    "deferred_child",
+    "abandoned_child_allowed",
+    "abandoned_child",
+)
 
 PRODUCE_SCRIPT = Path(__file__).resolve().parent / "produce.py"
 
@@ -130,6 +137,29 @@ class Manifest:
         """``expire_worker`` for every worker that ``produce`` SIGKILLed."""
         for name in self.dead_workers:
             self.expire_worker(client, name)
+
+    def work_burst(self, rq_version: str = CURRENT) -> None:
+        """Run one burst ``rq worker`` of ``rq_version`` on the manifest's queue until it is empty."""
+        here = str(PRODUCE_SCRIPT.parent)
+        subprocess.run(
+            [
+                str(python_for(rq_version)),
+                "-m",
+                "rq.cli",
+                "worker",
+                "--burst",
+                "--url",
+                self.redis_url,
+                "--path",
+                here,
+                self.queue,
+            ],
+            env=_environment({"PYTHONPATH": here}),
+            cwd=here,
+            check=True,
+            capture_output=True,
+            timeout=DEFAULT_TIMEOUT_S,
+        )
 
     def kill_workers(self) -> None:
         """SIGKILL the worker left running (and its work horse), and wait until they are gone. Idempotent."""

@@ -39,7 +39,7 @@ from typing import Any
 from redis import Redis
 from rq import Queue, Retry
 from rq.command import send_stop_job_command
-from rq.job import Job
+from rq.job import Dependency, Job
 
 HERE = Path(__file__).resolve().parent
 
@@ -64,6 +64,8 @@ CATEGORIES = (
     "scheduled",
     "started",
     "abandoned",
+    "abandoned_child_allowed",
+    "abandoned_child",
 )
 
 #: Status each category has when the script ends (``abandoned`` stays ``started``: its worker is dead).
@@ -84,6 +86,8 @@ EXPECTED_STATUS = {
     "scheduled": "scheduled",
     "started": "started",
     "abandoned": "started",
+    "abandoned_child_allowed": "deferred",
+    "abandoned_child": "deferred",
 }
 
 STATUS_TIMEOUT_S = 20.0
@@ -329,6 +333,12 @@ class Producer:
     def killed_worker(self) -> None:
         """A worker SIGKILLed while it runs a job: the job stays ``started`` with nobody running it."""
         name, proc, horse = self.running_job("abandoned", "doomed", burst=True)
+        # dependents of the abandoned job, one accepting its failure: RQ enqueues that one
+        # when the job fails (and the janitor, when it fails the job), the other stays deferred
+        parent = self.jobs["abandoned"][-1]
+        allowed = Dependency(jobs=[parent], allow_failure=True)
+        self.enqueue("abandoned_child_allowed", "ok", depends_on=allowed)
+        self.enqueue("abandoned_child", "ok", depends_on=parent)
         # The worker first: if the horse died first, the worker would notice and fail the job.
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=WORKER_EXIT_TIMEOUT_S)
