@@ -15,8 +15,13 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import redis
 
 from janitor.jobs import TERMINAL_STATUSES
+from janitor.keyspace import Keyspace
 
 
 class Verdict(enum.Enum):
@@ -53,3 +58,75 @@ def allows_failure(raw: bytes | None) -> bool:
         return bool(int(raw)) if raw else False
     except ValueError:
         return False
+
+
+MAX_PARENTS = 100
+"""A deferred job with more parents than this is not judged (it counts as waiting)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """A deferred job as read: what it accepts, its parents' statuses, and the verdict."""
+
+    job_id: bytes
+    allow: bytes | None
+    """``allow_dependency_failures`` as stored (None: absent)."""
+    parents: dict[bytes, bytes | None]
+    """Parent id -> status as stored (None: the hash is gone)."""
+    verdict: Verdict
+
+    @property
+    def why(self) -> str:
+        """The parents that keep a stuck job from ever running, in words."""
+        if self.verdict is not Verdict.STUCK:
+            return ""
+        if all(status is None for status in self.parents.values()):
+            return "every parent is gone"
+        ended = [
+            f"{parent.decode(errors='replace')} {status.decode(errors='replace')}"
+            for parent, status in sorted(self.parents.items())
+            if status is not None
+            and status.decode(errors="replace") in TERMINAL_STATUSES
+        ]
+        return "parent " + ", ".join(ended)
+
+
+def read_deferred(
+    client: redis.Redis, keys: Keyspace, job_ids: Sequence[bytes]
+) -> list[Deferred]:
+    """Read each job's ``allow_dependency_failures``, status and parents, and judge it.
+
+    Jobs no longer ``deferred``, or with more than ``MAX_PARENTS`` parents, are left out.
+    """
+    pipe = client.pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.hmget(keys.job(job_id), ["status", "allow_dependency_failures"])
+        pipe.srandmember(keys.dependencies(job_id), MAX_PARENTS + 1)
+    replies = pipe.execute(raise_on_error=False)
+    read: list[tuple[bytes, bytes | None, list[bytes]]] = []
+    for index, job_id in enumerate(job_ids):
+        fields, parents = replies[2 * index : 2 * index + 2]
+        if isinstance(fields, Exception) or isinstance(parents, Exception):
+            continue
+        status, allow = cast("list[bytes | None]", fields)
+        if status == b"deferred" and len(parents) <= MAX_PARENTS:
+            read.append((job_id, allow, sorted(cast("list[bytes]", parents))))
+    pipe = client.pipeline(transaction=False)
+    for _, _, parents in read:
+        for parent in parents:
+            pipe.hget(keys.job(parent), "status")
+    statuses = iter(pipe.execute(raise_on_error=False))
+    found = []
+    for job_id, allow, parents in read:
+        known = {
+            p: s if isinstance(s := next(statuses), bytes) else None for p in parents
+        }
+        fate = verdict(
+            allow_failure=allows_failure(allow),
+            parents=[
+                None if s is None else s.decode(errors="replace")
+                for s in known.values()
+            ],
+        )
+        found.append(Deferred(job_id, allow, known, fate))
+    return found

@@ -45,7 +45,14 @@ def expected_counts(manifest: Manifest) -> dict[str, int]:
     counts = {
         "queued": len(ids("queued")),
         "started": len(ids("started", "abandoned")),
-        "deferred": len(ids("deferred", "deferred_child")),
+        "deferred": len(
+            ids(
+                "deferred",
+                "deferred_child",
+                "abandoned_child_allowed",
+                "abandoned_child",
+            )
+        ),
         "scheduled": len(ids("scheduled")),
         "finished": len(
             ids(
@@ -488,6 +495,7 @@ class TestCli:
             "unserved_queues",
             "unlisted_queues",
             "interrupted_compactions",
+            "stuck_deferred_jobs",
             "dead_index_entries",
         ]
         assert list(rows(report)) == list(expected_counts(manifest))

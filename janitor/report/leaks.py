@@ -1,9 +1,10 @@
 """The report's leaks: RQ state nobody will ever clean, found by bounded reads.
 
-Eight kinds (docs/keyspace.md, "Leaks RQ leaves"): keys without a TTL that should have
+Nine kinds (docs/keyspace.md, "Leaks RQ leaves"): keys without a TTL that should have
 one, registry ids whose job is gone, dead workers still listed, failure result streams
 without a TTL, queues no worker serves, queues no longer in ``rq:queues`` whose registries
-stay (``janitor.unlisted``), lists of interrupted ``Queue.compact()`` runs, and entries
+stay (``janitor.unlisted``), lists of interrupted ``Queue.compact()`` runs, deferred jobs that can never run
+(``janitor.dependencies``), and entries
 of ``rq:groups`` and ``rq:cron_schedulers`` whose group or scheduler is gone
 (``janitor.index_entries``). Workers come from ``rq:workers`` and the
 per-queue sets of the reported queues (each read up to a bound); keys that no RQ index
@@ -18,7 +19,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
-from janitor import index_entries, liveness
+from janitor import dependencies, index_entries, liveness
 from janitor.keyspace import to_text
 from janitor.report.queues import QueueReport, Scope
 from janitor.unlisted import queue_of
@@ -34,6 +35,8 @@ SCAN_CALLS = 100
 EXAMPLES = 10
 """Names listed per leak; the count covers the rest."""
 PIPELINE = 1_000
+DEFERRED_LIMIT = 1_000
+"""Deferred jobs judged at most for the stuck-deferred leak."""
 INDEX_LIMIT = 10_000
 """Dead index entries counted at most, per index."""
 
@@ -57,6 +60,10 @@ ADVICE = {
     "interrupted_compactions": "rq:queue:_compact:<uuid> lists of a Queue.compact() that did "
     "not finish hold the only copy of the ids it had not pushed back. The janitor leaves them: "
     "RPUSH each live id to rq:queue:<origin> (its job hash's origin), then DEL the list.",
+    "stuck_deferred_jobs": "Deferred jobs that can never run: a parent failed (and the job does not "
+    "allow failure), was canceled or stopped, or every parent is gone. RQ keeps them deferred "
+    "forever (rq#675, rq#743). Cancel or delete them, or requeue the parent; [deferred] stuck = "
+    '"cancel" lets clean_registries cancel them as Job.cancel() would.',
     "dead_index_entries": "rq:groups members whose group set is gone and rq:cron_schedulers "
     "entries of cron schedulers that died without unregistering (their hash expired over "
     "10 minutes ago). Only a worker's maintenance cleans them in RQ; clean_registries "
@@ -256,6 +263,26 @@ def _totals(queues: Iterable[QueueReport]) -> dict[str, int]:
     return totals
 
 
+def _stuck_deferred(
+    scope: Scope, queues: Sequence[QueueReport]
+) -> tuple[list[tuple[str, dependencies.Deferred]], bool]:
+    """Deferred jobs read that can never run (``dependencies.verdict``), at most ``DEFERRED_LIMIT`` judged."""
+    wanted = [(q.name, job_id) for q in queues for job_id in q.deferred]
+    judged = wanted[:DEFERRED_LIMIT]
+    found: list[tuple[str, dependencies.Deferred]] = []
+    for chunk in _chunks(judged, PIPELINE):
+        names = {job_id: name for name, job_id in chunk}
+        read = dependencies.read_deferred(
+            scope.client, scope.keys, [job_id for _, job_id in chunk]
+        )
+        found += [
+            (names[d.job_id], d)
+            for d in read
+            if d.verdict is dependencies.Verdict.STUCK
+        ]
+    return found, len(judged) == len(wanted)
+
+
 def leaks(
     scope: Scope, queues: Sequence[QueueReport], workers: Workers, scan: ScanResult
 ) -> list[dict[str, Any]]:
@@ -269,6 +296,7 @@ def leaks(
         for kind, member in q.dangling
     ]
     unserved = [q.name for q in queues if q.name not in workers.served]
+    stuck, stuck_exact = _stuck_deferred(scope, queues)
     dead_groups = index_entries.dead_groups(scope.client, keys, INDEX_LIMIT)
     dead_crons = index_entries.dead_cron_schedulers(
         scope.client, keys, scope.now, INDEX_LIMIT
@@ -308,6 +336,21 @@ def leaks(
             _totals(q for q in queues if not q.listed),
         ),
         ("interrupted_compactions", scan.compactions, scan.complete, None),
+        (
+            "stuck_deferred_jobs",
+            [f"{name} {to_text(d.job_id)}: {d.why}".encode() for name, d in stuck],
+            sampled and stuck_exact,
+            {
+                "every_parent_gone": sum(
+                    1 for _, d in stuck if all(s is None for s in d.parents.values())
+                ),
+                "parent_ended_unaccepted": sum(
+                    1
+                    for _, d in stuck
+                    if any(s is not None for s in d.parents.values())
+                ),
+            },
+        ),
         (
             "dead_index_entries",
             [*dead_groups, *(name for name, _ in dead_crons)],

@@ -146,6 +146,8 @@ class QueueReport:
     """(collection, member) of entries whose job hash is gone, among those read."""
     job_ids: list[bytes] = field(default_factory=list)
     """Ids of existing jobs read, for the memory estimate."""
+    deferred: list[bytes] = field(default_factory=list)
+    """Ids of deferred jobs read, for the stuck-deferred leak."""
     no_ttl: list[bytes] = field(default_factory=list)
     """Ids of terminal jobs read whose hash has no TTL: RQ keeps them forever."""
     exact: bool = True
@@ -302,6 +304,10 @@ def read_queue(
             if not e.job.exists and not e.job.unreadable
         ]
         report.job_ids += [e.job.job_id for e in entries if e.job.exists]
+        if kind == "deferred":
+            report.deferred += [
+                e.job.job_id for e in entries if e.job.status == "deferred"
+            ]
         if kind in TERMINAL_COLLECTIONS:
             report.no_ttl += [
                 e.job.job_id
