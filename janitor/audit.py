@@ -27,6 +27,7 @@ AUDIT_EVENTS = frozenset(
         "index_entry_removed",
         "ready_job_enqueued",
         "dependent_enqueued",
+        "deferred_canceled",
         "task_failed",
         "run_finished",
     }

@@ -311,6 +311,10 @@ class Keyspace:
         """
         return self.janitor_key("clean_registries", "scheduled", self.prefix, job_id)
 
+    def stuck_sighting(self, job_id: str | bytes) -> bytes:
+        """``janitor:clean_registries:stuck:<prefix>:<id>``: when a deferred job was first seen stuck, and on what."""
+        return self.janitor_key("clean_registries", "stuck", self.prefix, job_id)
+
     def parse_execution_key(self, key: bytes) -> tuple[bytes, bytes] | None:
         """Split ``rq:execution:<id>:<exec>`` into job and execution id, else None.
 

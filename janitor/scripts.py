@@ -816,6 +816,82 @@ return out
 )
 """Removes expired and dangling registry entries of a queue (``clean_registries``)."""
 
+_PARENTS_AS_PLANNED = """
+-- Whether a deferred job's dependencies set holds exactly the planned parents, each with
+-- its planned status ('+' .. status, '' when its hash is gone): the facts
+-- janitor/dependencies.py judged at plan time.
+local function parents_as_planned(dependencies, parent_keys, parent_ids, planned)
+  if redis.call('SCARD', dependencies) ~= #parent_ids then return false end
+  for p = 1, #parent_ids do
+    local key = parent_keys[p]
+    if redis.call('SISMEMBER', dependencies, parent_ids[p]) ~= 1 then return false end
+    if redis.call('EXISTS', key) == 1 and redis.call('TYPE', key)['ok'] ~= 'hash' then return false end
+    local status = redis.call('HGET', key, 'status')
+    if (status and ('+' .. status) or '') ~= planned[p] then return false end
+  end
+  return true
+end
+-- A hash field as the plans pass it: '+' .. value, '' when absent.
+local function field(key, name)
+  local value = redis.call('HGET', key, name)
+  return value and ('+' .. value) or ''
+end
+"""
+
+STUCK_JOB = Slots(
+    keys=("job", "dependencies", "deferred", "queue", "canceled"),
+    args=("id", "allow", "score", "nparents"),
+)
+"""One job of ``CANCEL_STUCK_JOBS``: its job hash, dependencies set, deferred registry,
+queue list and canceled registry; its id, ``allow_dependency_failures`` as planned, the
+canceled registry's score (now, whole seconds, as RQ's ``current_timestamp``), the number
+of parents whose job hashes (KEYS) and ids and planned statuses (ARGV) follow."""
+
+CANCEL_STUCK_JOBS = (
+    _FENCE
+    + _GUARDS
+    + _PARENTS_AS_PLANNED
+    + """
+-- Cancels deferred jobs that can never run as RQ's Job.cancel() does (status 'canceled',
+-- out of its queue list and deferred registry, into the canceled registry scored now;
+-- its parents' dependents sets are left, as remove_from_dependencies=False leaves them),
+-- each only if it is still 'deferred' with the planned allow_dependency_failures and
+-- parents (parents_as_planned). Returns per job 1 when canceled, 0 when left alone.
+-- Slots: BATCH_HEAD, then per job STUCK_JOB followed by its parents' job hashes (KEYS)
+-- and, per parent, its id and planned status (ARGV).
+"""
+    + batch_loop(BATCH_HEAD, STUCK_JOB)
+    + f"""
+  nparents = tonumber(nparents)
+  local parents0, pargs0 = k + {len(STUCK_JOB.keys)}, a + {len(STUCK_JOB.args)}
+"""
+    + """
+  local parent_keys, parent_ids, planned = {}, {}, {}
+  for p = 0, nparents - 1 do
+    parent_keys[p + 1] = KEYS[parents0 + p]
+    parent_ids[p + 1], planned[p + 1] = ARGV[pargs0 + 2 * p], ARGV[pargs0 + 2 * p + 1]
+  end
+  local done = 0
+  if writable(dependencies, 'set') and writable(deferred, 'zset') and writable(queue, 'list')
+      and writable(canceled, 'zset') and redis.call('TYPE', job)['ok'] == 'hash'
+      and redis.call('HGET', job, 'status') == 'deferred'
+      and field(job, 'allow_dependency_failures') == allow
+      and parents_as_planned(dependencies, parent_keys, parent_ids, planned) then
+    redis.call('HSET', job, 'status', 'canceled')
+    redis.call('LREM', queue, 1, id)
+    redis.call('ZREM', deferred, id)
+    redis.call('ZADD', canceled, score, id)
+    done = 1
+  end
+  out[j] = done
+  k = parents0 + nparents
+  a = pargs0 + 2 * nparents
+end
+return out
+"""
+)
+"""Cancels deferred jobs that can never run (``clean_registries`` with ``[deferred] stuck = "cancel"``)."""
+
 DEPENDENT = Slots(
     keys=("trigger", "job", "dependencies", "deferred", "queue", "dependents"),
     args=("id", "origin", "allow", "enqueued_at", "default_timeout", "nparents"),
@@ -829,6 +905,7 @@ job hashes (KEYS) and ids and planned statuses (ARGV) follow."""
 ENQUEUE_DEPENDENTS = (
     _FENCE
     + _GUARDS
+    + _PARENTS_AS_PLANNED
     + """
 -- Enqueues deferred jobs whose parents ended the way they accept (janitor/dependencies.py
 -- decided that at plan time), as RQ's Queue.enqueue_dependents does, each only if every
@@ -842,10 +919,6 @@ ENQUEUE_DEPENDENTS = (
 -- Returns per job 1 when enqueued, 0 when left alone.
 -- Slots: BATCH_HEAD, then per job DEPENDENT followed by its parents' job hashes (KEYS)
 -- and, per parent, its id and planned status (ARGV).
-local function field(key, name)
-  local value = redis.call('HGET', key, name)
-  return value and ('+' .. value) or ''
-end
 """
     + batch_loop(BATCH_HEAD, DEPENDENT)
     + f"""
@@ -853,6 +926,11 @@ end
   local parents0, pargs0 = k + {len(DEPENDENT.keys)}, a + {len(DEPENDENT.args)}
 """
     + """
+  local parent_keys, parent_ids, planned = {}, {}, {}
+  for p = 0, nparents - 1 do
+    parent_keys[p + 1] = KEYS[parents0 + p]
+    parent_ids[p + 1], planned[p + 1] = ARGV[pargs0 + 2 * p], ARGV[pargs0 + 2 * p + 1]
+  end
   local ok = writable(trigger, 'set') and writable(dependencies, 'set')
     and writable(deferred, 'zset') and writable(queue, 'list')
     and redis.call('TYPE', job)['ok'] == 'hash'
@@ -861,17 +939,7 @@ end
     ok = h[1] == 'deferred' and h[2] == origin and (not h[3] or h[3] == '')
       and redis.call('SISMEMBER', trigger, id) == 1
       and field(job, 'allow_dependency_failures') == allow
-      and redis.call('SCARD', dependencies) == nparents
-  end
-  if ok then
-    for p = 0, nparents - 1 do
-      local parent, planned = ARGV[pargs0 + 2 * p], ARGV[pargs0 + 2 * p + 1]
-      local key = KEYS[parents0 + p]
-      if redis.call('SISMEMBER', dependencies, parent) ~= 1 then ok = false
-      elseif redis.call('EXISTS', key) == 1 and redis.call('TYPE', key)['ok'] ~= 'hash' then ok = false
-      elseif field(key, 'status') ~= planned then ok = false
-      end
-    end
+      and parents_as_planned(dependencies, parent_keys, parent_ids, planned)
   end
   local done = 0
   if ok then

@@ -247,6 +247,10 @@ class TestWrongValues:
                 "[queues] prune_after: expected a duration",
             ),
             (
+                '[deferred]\nstuck = "delete"\n',
+                "[deferred] stuck",
+            ),
+            (
                 '[abandoned]\naction = "delete"\n',
                 "[abandoned] action: expected one of 'fail' | 'requeue' | 'report', got 'delete'",
             ),
@@ -470,6 +474,7 @@ class TestPrecedence:
             "retention.rules",
             "workers.dead_after",
             "queues.prune_after",
+            "deferred.stuck",
             "abandoned.action",
             "audit.path",
             "http.listen",

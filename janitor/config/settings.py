@@ -118,6 +118,14 @@ class QueuesSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DeferredSettings:
+    """``[deferred]``: what happens to deferred jobs that can never run."""
+
+    stuck: str = "report"
+    """``report`` (only ``report`` lists them) or ``cancel`` (as RQ's ``Job.cancel()``, after two sightings)."""
+
+
+@dataclass(frozen=True, slots=True)
 class AbandonedSettings:
     """``[abandoned]``: what happens to started jobs of dead workers."""
 
@@ -197,6 +205,7 @@ class Settings:
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     workers: WorkersSettings = field(default_factory=WorkersSettings)
     queues: QueuesSettings = field(default_factory=QueuesSettings)
+    deferred: DeferredSettings = field(default_factory=DeferredSettings)
     abandoned: AbandonedSettings = field(default_factory=AbandonedSettings)
     schedule: Mapping[str, Schedule] = field(default_factory=_default_schedules)
     """Task name -> its daemon schedule; every task in TASK_NAMES has one."""
@@ -214,6 +223,9 @@ class Settings:
 
 ABANDONED_ACTIONS = ("fail", "requeue", "report")
 """``[abandoned] action`` values."""
+
+STUCK_ACTIONS = ("report", "cancel")
+"""``[deferred] stuck`` values."""
 
 LOG_FORMATS = ("json", "console", "auto")
 """``--log-format`` values."""
@@ -275,6 +287,7 @@ _SCHEMA: Schema = {
     },
     "workers": {"dead_after": positive_duration},
     "queues": {"prune_after": parse_duration},
+    "deferred": {"stuck": choice(STUCK_ACTIONS)},
     "abandoned": {"action": choice(ABANDONED_ACTIONS)},
     "schedule": dict.fromkeys(TASK_NAMES, parse_schedule),
     "audit": {"path": string},
@@ -383,6 +396,7 @@ def _build(merged: Layer) -> Settings:
         retention=RetentionSettings(**parts["retention"]),
         workers=WorkersSettings(**parts["workers"]),
         queues=QueuesSettings(**parts["queues"]),
+        deferred=DeferredSettings(**parts["deferred"]),
         abandoned=AbandonedSettings(**parts["abandoned"]),
         schedule={task: parts["schedule"][task] for task in TASK_NAMES},
         audit=AuditSettings(**parts["audit"]),

@@ -37,7 +37,9 @@ the canceled and deferred registries, which RQ's maintenance never cleans, each 
 Queue lists of unserved queues (item 15): ids whose job hash is gone leave ``rq:queue:<q>``
 and ``rq:queue:<q>:intermediate`` (``lrem``, under the marker), audited as
 ``dead_id_removed``. Unlisted queues (``janitor.unlisted``) are walked like listed ones.
-Then the global indexes, ``rq:groups`` and ``rq:cron_schedulers`` (``janitor.tasks.indexes``).
+RQ 3's ready registry (``janitor.tasks.ready``) and, with ``[deferred] stuck = "cancel"``,
+deferred jobs that can never run (``janitor.tasks.stuck``) follow per queue. Then the
+global indexes, ``rq:groups`` and ``rq:cron_schedulers`` (``janitor.tasks.indexes``).
 
 Events: ``marker_refreshed`` (``queue``) when the janitor gave back the marker it took,
 i.e. the queue's hygiene ran under it. Removed entries get no audit event of their own
@@ -74,6 +76,7 @@ from janitor.leader import Fence
 from janitor.tasks.base import TaskContext
 from janitor.tasks.indexes import plan_indexes
 from janitor.tasks.ready import plan_ready
+from janitor.tasks.stuck import plan_stuck
 from janitor.unlisted import every_queue, find_unlisted
 
 NAME = "clean_registries"
@@ -218,6 +221,7 @@ class CleanRegistries:
             else:
                 yield from _QueuePlan(ctx, queue, token).plan()
             yield from plan_ready(ctx, NAME, queue, served=served)
+            yield from plan_stuck(ctx, NAME, queue)
         yield from plan_indexes(ctx, NAME)
         yield from unlisted.bookkeeping
 
