@@ -28,6 +28,8 @@ AUDIT_EVENTS = frozenset(
         "ready_job_enqueued",
         "dependent_enqueued",
         "deferred_canceled",
+        "rate_limit_slot_released",
+        "rate_limited_job_promoted",
         "task_failed",
         "run_finished",
     }

@@ -816,6 +816,78 @@ return out
 )
 """Removes expired and dangling registry entries of a queue (``clean_registries``)."""
 
+RATE_LIMIT_WRITE = Slots(
+    keys=("allowed", "waiting", "job", "executions", "queue", "config", "rl_keys"),
+    args=("op", "id", "timestamp", "enqueued_at", "origin", "key"),
+)
+"""One write of ``RATE_LIMIT_WRITES`` on one of RQ 3's rate limits: its allowed and
+waiting (``rate_limited``) sets, the job hash and its executions, the job's queue list,
+the limit's config hash, ``rq:rl-keys``; op, the job id, RQ's ``current_timestamp``, RQ's
+``utcformat`` of now, the job's origin as planned, the limit's key."""
+
+RATE_LIMIT_WRITES = (
+    _FENCE
+    + _GUARDS
+    + """
+-- RQ 3's rate-limit bookkeeping, the steps of its own scripts (rq/rate_limit.py), each
+-- re-checked here. Returns per write 1 when done, 0 when left alone.
+--   release: RELEASE_STALE_AND_ENQUEUE_SCRIPT's release: not while the job is queued or
+--            started or has a live execution (a score past now in its executions set);
+--            then ZREM it from allowed.
+--   promote: one step of ACQUIRE_AND_ENQUEUE_SCRIPT's loop, for the planned (oldest)
+--            waiting job: only while allowed holds fewer than the limit's concurrency and
+--            the job is still waiting, 'rate_limited', of the planned origin; then ZREM it
+--            from waiting, ZADD it to allowed, push it (LPUSH if enqueue_at_front), status
+--            'queued', enqueued_at.
+--   drop:    the loop's dropping of a stale waiting entry: job gone, without origin, or
+--            no longer 'rate_limited'.
+--   forget:  CLEANUP_REGISTRY_SCRIPT: when allowed and waiting are both empty, SREM the
+--            key from rq:rl-keys and DEL the sets and the config hash.
+-- Slots: BATCH_HEAD, then RATE_LIMIT_WRITE per write.
+"""
+    + batch_loop(BATCH_HEAD, RATE_LIMIT_WRITE)
+    + RATE_LIMIT_WRITE.advance()
+    + """
+  local done = 0
+  if not (writable(allowed, 'zset') and writable(waiting, 'zset') and writable(config, 'hash')
+      and writable(rl_keys, 'set')) then
+    done = 0
+  elseif op == 'release' then
+    local status = read('HGET', job, 'status')
+    local live = read('ZCOUNT', executions, '(' .. timestamp, '+inf')
+    if status ~= 'queued' and status ~= 'started' and live == 0 then
+      done = redis.call('ZREM', allowed, id)
+    end
+  elseif op == 'promote' then
+    local concurrency = tonumber(read('HGET', config, 'concurrency') or '') or 0
+    local h, ok = read('HMGET', job, 'origin', 'status', 'enqueue_at_front')
+    if ok and redis.call('ZCARD', allowed) < concurrency and redis.call('ZSCORE', waiting, id)
+        and h[1] == origin and h[2] == 'rate_limited' and writable(queue, 'list') then
+      redis.call('ZREM', waiting, id)
+      redis.call('ZADD', allowed, timestamp, id)
+      if h[3] == '1' then redis.call('LPUSH', queue, id) else redis.call('RPUSH', queue, id) end
+      redis.call('HSET', job, 'status', 'queued', 'enqueued_at', enqueued_at)
+      done = 1
+    end
+  elseif op == 'drop' then
+    local h, ok = read('HMGET', job, 'origin', 'status')
+    if ok and redis.call('ZSCORE', waiting, id) and not (h[1] and h[2] == 'rate_limited') then
+      done = redis.call('ZREM', waiting, id)
+    end
+  elseif op == 'forget' then
+    if redis.call('ZCARD', allowed) == 0 and redis.call('ZCARD', waiting) == 0 then
+      redis.call('SREM', rl_keys, key)
+      redis.call('DEL', allowed, waiting, config)
+      done = 1
+    end
+  end
+  out[j] = done
+end
+return out
+"""
+)
+"""RQ 3's rate-limit bookkeeping for the janitor's jobs and leaked slots (``clean_registries``, ``recover_abandoned``)."""
+
 _PARENTS_AS_PLANNED = """
 -- Whether a deferred job's dependencies set holds exactly the planned parents, each with
 -- its planned status ('+' .. status, '' when its hash is gone): the facts

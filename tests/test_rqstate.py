@@ -125,6 +125,8 @@ def test_every_category_has_its_status_and_registry(
         "abandoned": 1,
         "abandoned_child_allowed": 1,
         "abandoned_child": 1,
+        "rate_limit_holder": 0,
+        "rate_limit_waiting": 0,
     }
     all_ids = m.ids()
     assert len(set(all_ids)) == len(all_ids)

@@ -136,8 +136,10 @@ def _rate_limit_lines(limits: dict[str, Any]) -> list[str]:
         waiting = f"{limit['waiting']} waiting"
         if limit["oldest_waiting_age_s"] is not None:
             waiting += f", the oldest for {human(limit['oldest_waiting_age_s'])}"
+        flags = f", {limit['stale']} stale" if limit["stale"] else ""
+        flags += ", STARVED" if limit["starved"] else ""
         lines.append(
-            f"  {limit['key']}: {limit['allowed']}/{limit['concurrency']} slots held, {waiting}"
+            f"  {limit['key']}: {limit['allowed']}/{limit['concurrency']} slots held, {waiting}{flags}"
         )
     return lines
 

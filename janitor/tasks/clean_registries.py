@@ -39,7 +39,8 @@ and ``rq:queue:<q>:intermediate`` (``lrem``, under the marker), audited as
 ``dead_id_removed``. Unlisted queues (``janitor.unlisted``) are walked like listed ones.
 RQ 3's ready registry (``janitor.tasks.ready``) and, with ``[deferred] stuck = "cancel"``,
 deferred jobs that can never run (``janitor.tasks.stuck``) follow per queue. Then the
-global indexes, ``rq:groups`` and ``rq:cron_schedulers`` (``janitor.tasks.indexes``).
+global indexes, ``rq:groups`` and ``rq:cron_schedulers`` (``janitor.tasks.indexes``), and
+RQ 3's rate limits (``janitor.tasks.ratelimits``).
 
 Events: ``marker_refreshed`` (``queue``) when the janitor gave back the marker it took,
 i.e. the queue's hygiene ran under it. Removed entries get no audit event of their own
@@ -75,6 +76,7 @@ from janitor.keyspace import Layout, to_text
 from janitor.leader import Fence
 from janitor.tasks.base import TaskContext
 from janitor.tasks.indexes import plan_indexes
+from janitor.tasks.ratelimits import plan_limits
 from janitor.tasks.ready import plan_ready
 from janitor.tasks.stuck import plan_stuck
 from janitor.unlisted import every_queue, find_unlisted
@@ -223,6 +225,7 @@ class CleanRegistries:
             yield from plan_ready(ctx, NAME, queue, served=served)
             yield from plan_stuck(ctx, NAME, queue)
         yield from plan_indexes(ctx, NAME)
+        yield from plan_limits(ctx, NAME)
         yield from unlisted.bookkeeping
 
 

@@ -39,6 +39,7 @@ from janitor.keyspace import to_text
 from janitor.liveness import Recheck, judge, read_workers
 from janitor.tasks.base import TaskContext
 from janitor.tasks.dependents import plan_dependents
+from janitor.tasks.ratelimits import plan_release
 from janitor.unlisted import every_queue, find_unlisted
 
 NAME = "recover_abandoned"
@@ -50,6 +51,7 @@ FIELDS = (
     "retries_left",
     "retry_intervals",
     "failure_ttl",
+    "rate_limit_key",
 )
 """The job fields this task reads (never payloads)."""
 
@@ -149,11 +151,7 @@ class RecoverAbandoned:
                 yield Skip(NAME, f"unreadable retry fields: {err}", where)
                 continue
             yield action
-            if action.fields["action"] == "failed":
-                # applied after the failure, in plan order (tasks.dependents)
-                yield from plan_dependents(
-                    ctx, NAME, entry.job_id, parent_status="failed"
-                )
+            yield from _afterwards(ctx, queue, entry, action)
         if new_suspects:
             record = RecordSuspects(
                 ctx.keys.abandoned_suspects(queue), tuple(new_suspects), SUSPECTS_TTL_S
@@ -231,6 +229,22 @@ class RecoverAbandoned:
         )
         action = "failed" if mode == "fail" else "requeued"
         return Action(NAME, "job_abandoned", {**event, "action": action}, write)
+
+
+def _afterwards(
+    ctx: TaskContext, queue: bytes, entry: _Started, action: Action
+) -> Iterator[Action | Skip]:
+    """What RQ does after it fails or retries an abandoned job, applied after it in plan order.
+
+    A failure enqueues the dependents that accept it (``tasks.dependents``); the job's rate
+    limit slot is freed unless it went back to its queue (``tasks.ratelimits``, the
+    script checks the status).
+    """
+    if action.fields["action"] == "failed":
+        yield from plan_dependents(ctx, NAME, entry.job_id, parent_status="failed")
+    limit = entry.fields[6]
+    if limit and action.write is not None:
+        yield from plan_release(ctx, NAME, entry.job_id, queue, limit)
 
 
 def _read_entries(

@@ -209,6 +209,7 @@ def produce(  # noqa: PLR0913 - keyword-only options of one call, as the tests n
     queue: str = "default",
     with_started: bool = False,
     with_killed_worker: bool = False,
+    with_rate_limit: bool = False,
     env: Mapping[str, str] | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
 ) -> Manifest:
@@ -218,7 +219,8 @@ def produce(  # noqa: PLR0913 - keyword-only options of one call, as the tests n
     ``env`` adds environment variables for the script and its workers, e.g. ``{"RQ_KEY_PREFIX": "acme"}``:
     only rq 3.0 honours ``RQ_KEY_PREFIX``; older versions always use ``rq`` (see ``Manifest.key_prefix``).
     ``RQ_*`` variables of the calling process are not passed on. With ``with_started`` a worker stays alive:
-    call ``Manifest.kill_workers()`` afterwards. Raises ProduceError with the script's stderr on failure.
+    call ``Manifest.kill_workers()`` afterwards. ``with_rate_limit`` (rq 3.0+) kills a worker whose job
+    holds a rate limit's only slot while another job waits. Raises ProduceError with the script's stderr on failure.
     """
     args = [
         str(python_for(rq_version)),
@@ -232,6 +234,8 @@ def produce(  # noqa: PLR0913 - keyword-only options of one call, as the tests n
         args.append("--with-started")
     if with_killed_worker:
         args.append("--with-killed-worker")
+    if with_rate_limit:
+        args.append("--with-rate-limit")
     proc = subprocess.Popen(
         args,
         stdin=subprocess.DEVNULL,

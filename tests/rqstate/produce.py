@@ -66,6 +66,8 @@ CATEGORIES = (
     "abandoned",
     "abandoned_child_allowed",
     "abandoned_child",
+    "rate_limit_holder",
+    "rate_limit_waiting",
 )
 
 #: Status each category has when the script ends (``abandoned`` stays ``started``: its worker is dead).
@@ -88,6 +90,8 @@ EXPECTED_STATUS = {
     "abandoned": "started",
     "abandoned_child_allowed": "deferred",
     "abandoned_child": "deferred",
+    "rate_limit_holder": "started",
+    "rate_limit_waiting": "rate_limited",
 }
 
 STATUS_TIMEOUT_S = 20.0
@@ -313,11 +317,15 @@ class Producer:
         self.groups.append(group.name)
 
     def running_job(
-        self, category: str, role: str, *, burst: bool
+        self, category: str, role: str, *, burst: bool, **options: Any
     ) -> tuple[str, subprocess.Popen[bytes], int]:
-        """Start a worker on a long job and wait until it runs; return the worker's name, process and horse pid."""
+        """Start a worker on a long job (enqueued with ``options``) and wait until it runs; return the worker's name, process and horse pid."""
         job = self.enqueue(
-            category, "sleep_for", LONG_SLEEP_S, job_timeout=LONG_SLEEP_S + 300
+            category,
+            "sleep_for",
+            LONG_SLEEP_S,
+            job_timeout=LONG_SLEEP_S + 300,
+            **options,
         )
         name, proc = self.start_worker(role, burst=burst, max_jobs=1)
         self.wait_for_status(job.id, "started")
@@ -339,12 +347,27 @@ class Producer:
         allowed = Dependency(jobs=[parent], allow_failure=True)
         self.enqueue("abandoned_child_allowed", "ok", depends_on=allowed)
         self.enqueue("abandoned_child", "ok", depends_on=parent)
+        self._kill(name, proc, horse)
+
+    def _kill(self, name: str, proc: subprocess.Popen[bytes], horse: int) -> None:
+        """SIGKILL a worker, then its work horse, and record it as dead."""
         # The worker first: if the horse died first, the worker would notice and fail the job.
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=WORKER_EXIT_TIMEOUT_S)
         kill_group(horse)
         self.wait_for(f"horse {horse} to exit", lambda: not alive(horse))
         self.dead_workers.append(name)
+
+    def killed_rate_limited(self) -> None:
+        """A worker SIGKILLed while its job holds the only slot of a rate limit another job waits for (RQ 3.0+)."""
+        from rq.rate_limit import RateLimit
+
+        limit = RateLimit("rqstate", 1)
+        name, proc, horse = self.running_job(
+            "rate_limit_holder", "limited", burst=True, rate_limit=limit
+        )
+        self.enqueue("rate_limit_waiting", "ok", rate_limit=limit)
+        self._kill(name, proc, horse)
 
     def started_worker(self) -> None:
         """A worker left running a long job; the caller kills it (worker_pids and horse_pids)."""
@@ -455,6 +478,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="SIGKILL a worker while it runs a job",
     )
+    parser.add_argument(
+        "--with-rate-limit",
+        action="store_true",
+        help="rq 3.0+: SIGKILL a worker whose job holds a rate limit's only slot, another job waiting",
+    )
     return parser.parse_args(argv)
 
 
@@ -467,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
         producer.terminal()
         if args.with_killed_worker:
             producer.killed_worker()
+        if args.with_rate_limit:
+            producer.killed_rate_limited()
         if args.with_started:
             producer.started_worker()
         producer.live()
