@@ -141,7 +141,8 @@ class DeleteJob(ScriptBatch):
     The re-check compares what the plan read (status among ``statuses``, origin,
     ``ended_at``, the registry score, the number of dependents) with the job at write
     time, and refuses when a started-registry member of the job is still live or one
-    of its execution hashes still exists.
+    of its execution hashes still exists, or (``check_children``) a member of its
+    dependents set is a job that is not terminal.
     """
 
     job_id: bytes
@@ -161,6 +162,8 @@ class DeleteJob(ScriptBatch):
     """Execution hashes: their existence means a live execution, so the job is kept."""
     started_members: tuple[bytes, ...]
     """Started-registry members of this job, removed when stale, fatal to the delete when live."""
+    check_children: bool = True
+    """Refuse while a dependent waits (False: the plan let the parent go past the bound)."""
 
     source: ClassVar[str] = scripts.DELETE_TERMINAL_JOBS
     what: ClassVar[str] = "deletes"
@@ -187,6 +190,7 @@ class DeleteJob(ScriptBatch):
                 "score": self.score,
                 "ndeps": self.dependents_count,
                 "has_group": 1 if self.group else 0,
+                "check_children": 1 if self.check_children else 0,
             },
         )
         return [*keys, *self.side_keys, *self.execution_keys], [

@@ -1,4 +1,4 @@
-"""Whether a deferred job can still run, and what it waits on: decided here alone.
+"""Dependencies between jobs: whether a deferred job can still run, and which parents a live job still needs.
 
 RQ enqueues a deferred job only from ``Queue.enqueue_dependents`` of a parent that just
 ended, and only when ``Job.dependencies_are_met`` (the same rule in 1.16, 2.x and 3.0):
@@ -9,18 +9,30 @@ or ``stopped`` parent never lets it run; every other parent whose hash still exi
 looked at. ``recover_abandoned`` (enqueue the dependents of the job it failed, as RQ's own
 failure handling does) and ``report`` (deferred jobs that can never run) ask ``verdict``;
 the write script re-checks the facts it was given (statuses and memberships), never the rule.
+
+The other direction: a terminal parent that a live job still depends on. RQ runs a child
+whatever became of its parent, but the child's own code often reads its parent
+(``job.dependency``, ``fetch_dependencies()``, the parent's result) and fails when it is
+gone (rq#2452). A child not yet enqueued is in its parent's dependents set; one already
+enqueued (queued, scheduled, ready, started) has left it and is found only by its own
+``dependency_ids`` field: ``read_waiting`` reads those of every live job (bounded), and
+``waiting_child`` answers for one parent from both. ``expire_jobs``, ``report`` and
+``explain`` keep a parent while ``waiting_child`` names one, for at most ``dependents_bound``
+past its due time (``holds``).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
-from dataclasses import dataclass
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import cast
 
 import redis
 
-from janitor.jobs import TERMINAL_STATUSES
+from janitor.config import RetentionSettings
+from janitor.jobs import MAX_CHILDREN_CHECKED, TERMINAL_RAW, TERMINAL_STATUSES
 from janitor.keyspace import Keyspace
 
 
@@ -130,3 +142,155 @@ def read_deferred(
         )
         found.append(Deferred(job_id, allow, known, fate))
     return found
+
+
+LIVE_COLLECTIONS = (
+    "queue",
+    "intermediate",
+    "scheduled",
+    "ready",
+    "started",
+    "deferred",
+)
+"""Where live jobs are (``Keyspace`` method names): a job found there may still read its parents."""
+LIVE_READ_CAP = 200_000
+"""Live jobs whose ``dependency_ids`` one ``read_waiting`` reads at most."""
+PAGE = 500
+
+
+@dataclass
+class Waiting:
+    """Parents that a live job still depends on, found by the live jobs' ``dependency_ids``."""
+
+    by_parent: dict[bytes, bytes] = field(default_factory=dict)
+    """Parent id -> one live child that depends on it."""
+    complete: bool = True
+    """False when more than ``LIVE_READ_CAP`` live jobs were there: some parents may be missing."""
+
+
+def read_waiting(
+    client: redis.Redis,
+    keys: Keyspace,
+    queues: Iterable[bytes],
+    *,
+    cap: int = LIVE_READ_CAP,
+) -> Waiting:
+    """Read the ``dependency_ids`` of the live jobs of ``queues`` (at most ``cap`` jobs)."""
+    found = Waiting()
+    budget = cap
+    for queue in queues:
+        for kind in LIVE_COLLECTIONS:
+            key = cast("bytes", getattr(keys, kind)(queue))
+            start = 0
+            while True:
+                if budget <= 0:
+                    found.complete = False
+                    return found
+                ids = _members(client, key, kind, start, min(PAGE, budget))
+                if not ids:
+                    break
+                start += len(ids)
+                budget -= len(ids)
+                _note_parents(client, keys, ids, found)
+                if len(ids) < PAGE:
+                    break
+    return found
+
+
+def _members(
+    client: redis.Redis, key: bytes, kind: str, start: int, count: int
+) -> list[bytes]:
+    """A page of job ids of one live collection (the started registry's ``<id>:<exec>`` cut)."""
+    try:
+        if kind in ("queue", "intermediate"):
+            if client.type(key) != b"list":
+                return []
+            return cast("list[bytes]", client.lrange(key, start, start + count - 1))
+        if client.type(key) != b"zset":
+            return []
+        members = cast("list[bytes]", client.zrange(key, start, start + count - 1))
+    except redis.ResponseError:
+        return []
+    if kind != "started":
+        return members
+    # 1.x members are plain ids (which may hold ':'); reading both is cheap and safe
+    return [part for m in members for part in {m, m.rpartition(b":")[0]} if part]
+
+
+def _note_parents(
+    client: redis.Redis, keys: Keyspace, ids: Sequence[bytes], found: Waiting
+) -> None:
+    pipe = client.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hmget(keys.job(job_id), ["status", "dependency_ids", "dependency_id"])
+    for job_id, reply in zip(ids, pipe.execute(raise_on_error=False), strict=True):
+        if not isinstance(reply, list):
+            continue
+        status, many, one = cast("list[bytes | None]", reply)
+        if status is None or status in TERMINAL_RAW:
+            continue  # gone, or ended: it waits for nothing
+        for parent in _parents(many, one):
+            found.by_parent.setdefault(parent, job_id)
+
+
+def _parents(many: bytes | None, one: bytes | None) -> list[bytes]:
+    """A job's parent ids as RQ stores them: ``dependency_ids`` (JSON list), else ``dependency_id``."""
+    if many:
+        try:
+            ids = json.loads(many)
+        except ValueError:
+            ids = None
+        if isinstance(ids, list):
+            return [str(i).encode() for i in ids if isinstance(i, str) and i]
+    return [one] if one else []
+
+
+def waiting_child(
+    client: redis.Redis, keys: Keyspace, job_id: bytes, waiting: Waiting
+) -> bytes | None:
+    """A dependent that still waits on ``job_id``, or None.
+
+    A live one found by ``read_waiting``, else a member of its dependents set whose job is
+    not terminal (more than ``MAX_CHILDREN_CHECKED`` members count as waiting: ``b"?"``).
+    """
+    child = waiting.by_parent.get(job_id)
+    if child is not None:
+        return child
+    members = cast(
+        "list[bytes]",
+        client.srandmember(keys.dependents(job_id), MAX_CHILDREN_CHECKED + 1),
+    )
+    if len(members) > MAX_CHILDREN_CHECKED:
+        return b"?"
+    pipe = client.pipeline(transaction=False)
+    for member in members:
+        pipe.hget(keys.job(member), "status")
+    for member, status in zip(members, pipe.execute(raise_on_error=False), strict=True):
+        if isinstance(status, Exception) or (
+            status is not None and status not in TERMINAL_RAW
+        ):
+            return member
+    return None
+
+
+def holds(*, child: bytes | None, due_at: float, now: float, bound_s: int) -> bool:
+    """Whether a waiting ``child`` keeps a parent that became due at ``due_at``.
+
+    For at most ``bound_s`` (``dependents_bound``) past that; then the parent goes anyway
+    (with a warning), so a stuck dependent cannot pin it for ever.
+    """
+    return child is not None and now - due_at <= bound_s
+
+
+MIN_HOLD_S = 86_400
+"""The bound is at least a day, also when every retention is shorter (``"0s"``)."""
+
+
+def dependents_bound(retention: RetentionSettings) -> int:
+    """How long past its due time a waiting dependent may keep a parent.
+
+    ``[retention]``'s longest age (rules included), and at least ``MIN_HOLD_S``.
+    """
+    ages = [retention.age_for(state) for state in TERMINAL_STATUSES]
+    ages += [age for rule in retention.rules for age in rule.ages.values()]
+    return max(MIN_HOLD_S, *ages)

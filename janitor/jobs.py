@@ -6,11 +6,6 @@ import datetime as dt
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
-
-import redis
-
-from janitor.keyspace import Keyspace
 
 DEFAULT_RESULT_TTL = 500
 """RQ's ``DEFAULT_RESULT_TTL`` (unchanged from 1.0 to 3.0)."""
@@ -224,25 +219,3 @@ def entered_failed_registry(score: float, failure_ttl: int | None) -> float | No
     if ttl < 0 or score < 0 or math.isinf(score):
         return None
     return score - ttl
-
-
-def has_waiting_children(client: redis.Redis, keys: Keyspace, job_id: bytes) -> bool:
-    """Whether a dependent of the job still waits on it: one that is not itself terminal.
-
-    Such a child can only ever run if its parent is requeued, so a parent that did not
-    finish is kept while it has one (``expire_jobs``; ``report`` and ``explain`` say so).
-    More than ``MAX_CHILDREN_CHECKED`` dependents count as waiting.
-    """
-    children = cast(
-        "list[bytes]",
-        client.srandmember(keys.dependents(job_id), MAX_CHILDREN_CHECKED + 1),
-    )
-    if len(children) > MAX_CHILDREN_CHECKED:
-        return True
-    pipe = client.pipeline(transaction=False)
-    for child in children:
-        pipe.hget(keys.job(child), "status")
-    return any(
-        status is not None and status not in TERMINAL_RAW
-        for status in pipe.execute(raise_on_error=False)
-    )

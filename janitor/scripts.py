@@ -139,6 +139,11 @@ local function writable(key, kind)
 end
 """
 
+_TERMINAL_TABLE = (
+    "local terminal = {" + ", ".join(f"{s} = true" for s in TERMINAL_STATUSES) + "}\n"
+)
+"""Lua: the terminal statuses (``jobs.TERMINAL_STATUSES``) as a set."""
+
 WORKER_STILL_DEAD = """
 -- liveness.py's rule, re-checked: the worker is still provably dead for the reason the
 -- plan found. reason 'hash_expired': its hash is still gone; 'zombie': still a hash
@@ -180,17 +185,20 @@ DELETE_JOB = Slots(
         "score",
         "ndeps",
         "has_group",
+        "check_children",
     ),
 )
 """One job of ``DELETE_TERMINAL_JOBS``: its job hash, registry, started registry,
 dependents set and group set (the job hash again when it has no group); the numbers of
 side keys, execution hashes and started-registry members that follow, its id, the
 statuses it may have (``|failed|stopped|``), origin, ended_at, registry score, number
-of dependents, and whether it has a group (``1``/``0``)."""
+of dependents, whether it has a group (``1``/``0``), and whether a dependent that is not
+terminal (a member of its dependents set, its hash beside the job's) keeps it (``1``/``0``)."""
 
 DELETE_TERMINAL_JOBS = (
     _FENCE
     + _GUARDS
+    + _TERMINAL_TABLE
     + """
 -- Deletes a batch of terminal jobs with everything that belongs to them, each only if
 -- it is still exactly as the janitor saw it when it planned the delete.
@@ -213,6 +221,13 @@ DELETE_TERMINAL_JOBS = (
   elseif h[2] ~= origin or (h[3] or '') ~= ended_at then ok = 0
   elseif current ~= score or deps ~= ndeps then ok = 0
   elseif has_group == '1' and not writable(group, 'set') then ok = 0
+  elseif check_children == '1' and deps > 0 then
+    -- a child's hash is the job's with the child's id: RQ's job keys end with the id
+    local head = string.sub(job, 1, #job - #id)
+    for _, child in ipairs(redis.call('SMEMBERS', dependents)) do
+      local status, fine = read('HGET', head .. child, 'status')
+      if not fine or (status and not terminal[status]) then ok = 0 end
+    end
   end
   local stale = {}
   if ok == 1 then
@@ -274,11 +289,13 @@ TEMPLATE_NAMES = ("jh", "jt", "dh", "dt", "ph", "pt", "rh", "rt", "eh", "et")
 """The text before (``h``) and after (``t``) the job id in a job's keys: job hash,
 dependents, dependencies (``p``: parents), results, executions."""
 EXPIRE_HEAD = Slots(
-    keys=("lease",), args=("token", "apply", "budget", *TEMPLATE_NAMES, "nreg")
+    keys=("lease",),
+    args=("token", "apply", "budget", *TEMPLATE_NAMES, "nreg", "nprot"),
 )
 """``EXPIRE_TERMINAL_JOBS``' call head: the lease, its token, ``1`` to delete (``0``
 only judges: a dry run), the budget (entries to walk at most, overrun by at most one
-small registry), the key templates, the number of registries."""
+small registry), the key templates, the number of registries, and the number of ids of
+parents a live job depends on (``dependencies.read_waiting``) that follow in ARGV."""
 EXPIRE_REGISTRY = Slots(
     keys=("registry", "started"), args=("origin", "cursor", "nstates")
 )
@@ -299,8 +316,8 @@ EXPIRE_TERMINAL_JOBS = (
 -- entry by the retention and, in the same atomic step, deletes each job that is plainly
 -- past its age rule: its status one of its registry's, its origin the registry's queue,
 -- a well-formed ended_at at or before the cutoff of its status, no group, no execution,
--- no member in the started registry, no dependents unless it finished, and no side key
--- of the wrong type. Everything else is left untouched; what is not plainly young (or
+-- no member in the started registry, no dependents set, not a parent a live job depends
+-- on (the ids after the head), and no side key of the wrong type. Everything else is left untouched; what is not plainly young (or
 -- gone) is answered back to be planned the ordinary way (read, plan,
 -- DELETE_TERMINAL_JOBS with its re-checks), so both paths end the same way.
 -- The job's keys are built here from their templates (head and tail around the id)
@@ -312,8 +329,8 @@ EXPIRE_TERMINAL_JOBS = (
 -- the walk pass over as many: the next run gets them.) Every page answers each
 -- registry's next cursor, and the next page starts from it, in a real and a dry run
 -- alike: the same code, a dry run only does not write.
--- Slots: EXPIRE_HEAD, then per registry EXPIRE_REGISTRY followed by its statuses'
---   EXPIRE_STATUS; then in KEYS the memo keys of answered pages, which no retry can need
+-- Slots: EXPIRE_HEAD, then in ARGV the nprot protected parent ids, then per registry
+--   EXPIRE_REGISTRY followed by its statuses' EXPIRE_STATUS; then in KEYS the memo keys of answered pages, which no retry can need
 --   any more: deleted here, instead of in a command of their own.
 -- Returns {cursors, found, slow}: per registry its next cursor ('0' done, '-' not reached
 --   within the budget, 'x' not a sorted set, then nothing after it is walked either, or
@@ -326,6 +343,9 @@ EXPIRE_TERMINAL_JOBS = (
     + f"""
 apply, budget, nreg = apply == '1', tonumber(budget), tonumber(nreg)
 local k, a, judged, stopped = {1 + len(EXPIRE_HEAD.keys)}, {1 + len(EXPIRE_HEAD.args)}, 0, false
+local protected = {{}}
+for i = a, a + tonumber(nprot) - 1 do protected[ARGV[i]] = true end
+a = a + tonumber(nprot)
 local memos0 = k + {len(EXPIRE_REGISTRY.keys)} * nreg
 if apply and #KEYS >= memos0 then redis.call('UNLINK', unpack(KEYS, memos0, #KEYS)) end
 """
@@ -373,7 +393,7 @@ local function judge(r, registry, started, origin, states, members, items, out, 
           elseif ended > state[2] then
             -- younger: kept, unless a cap applies (the planner places it)
             if not state[3] then code = '-' end
-          elseif (not h[4] or h[4] == '') and execs == 0 and (deps == 0 or h[1] == 'finished') then
+          elseif (not h[4] or h[4] == '') and execs == 0 and deps == 0 and not protected[id] then
             local running
             if members then running = members[id]
             else
@@ -391,10 +411,6 @@ local function judge(r, registry, started, origin, states, members, items, out, 
               if not plain then
                 nd = nd + 1
                 doomed[nd] = ph .. id .. pt
-              end
-              if deps > 0 then
-                nd = nd + 1
-                doomed[nd] = dh .. id .. dt
               end
             end
           end
@@ -744,10 +760,6 @@ return out
 )
 """Takes and gives back queue maintenance markers (``clean_registries``)."""
 
-_TERMINAL_TABLE = (
-    "local terminal = {" + ", ".join(f"{s} = true" for s in TERMINAL_STATUSES) + "}\n"
-)
-"""Lua: the terminal statuses (``jobs.TERMINAL_STATUSES``) as a set."""
 
 CLEAN_ENTRY = Slots(
     keys=("marker", "registry", "job", "prefix_job", "execution"),

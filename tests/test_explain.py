@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import redis
-from rq import Queue
+from rq import Queue, SimpleWorker
 
 from janitor.audit import AuditLog
 from janitor.config import RetentionRule, RetentionSettings, RqSettings, Settings
@@ -196,14 +196,30 @@ class TestJanitorTime:
     def test_failed_parent_is_kept_while_its_dependent_waits(
         self, r: redis.Redis, queue: Queue
     ) -> None:
-        """A failed job whose dependent still waits is kept, never due."""
+        """A failed job whose dependent still waits is kept, never due, and the dependent is named."""
         parent = queue.enqueue(funcs.boom)
-        queue.enqueue(funcs.ok, depends_on=parent)
+        child = queue.enqueue(funcs.ok, depends_on=parent)
         work(r, queue)
         data = explain(r, Settings(), parent.id, time.time())
         assert data["janitor"]["at"] is None
-        assert data["janitor"]["reason"].startswith("kept: dependents wait on it")
+        assert data["janitor"]["reason"].startswith(
+            f"kept: dependent {child.id} still waits"
+        )
         assert data["dependents"] == 1
+
+    def test_finished_parent_is_kept_while_its_enqueued_child_waits(
+        self, r: redis.Redis, queue: Queue
+    ) -> None:
+        """A finished parent whose child left its dependents set (queued, not run yet) is kept too."""
+        parent = queue.enqueue(funcs.ok, result_ttl=-1)
+        child = queue.enqueue(funcs.ok, depends_on=parent)
+        SimpleWorker([queue], connection=r).work(burst=True, max_jobs=1)
+        assert child.get_status() == "queued"
+        assert not r.exists(KEYS.dependents(parent.id))
+        data = explain(r, Settings(), parent.id, time.time() + 2 * 86_400)
+        assert data["janitor"]["reason"].startswith(
+            f"kept: dependent {child.id} still waits"
+        )
 
     def test_live_jobs_and_unlisted_queues_are_never_deleted(
         self, r: redis.Redis, queue: Queue

@@ -16,10 +16,16 @@ import redis
 
 from janitor.config import TERMINAL_STATES, Settings
 from janitor.config.values import format_duration
+from janitor.dependencies import (
+    dependents_bound,
+    holds,
+    read_waiting,
+    waiting_child,
+)
 from janitor.errors import NoSuchJob
 from janitor.expiry import TERMINAL_REGISTRY_OF, expiry, terminal_end
-from janitor.jobs import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL, has_waiting_children
-from janitor.keyspace import Keyspace, to_text
+from janitor.jobs import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL
+from janitor.keyspace import Keyspace, iter_queue_names, to_text
 from janitor.liveness import Verdict, WorkerFacts, judge, read_workers
 from janitor.policy import QueueFilter, Retention, retention_for
 from janitor.report.build import DOCS
@@ -135,7 +141,10 @@ class _Facts:
         self.retention: Retention | None = None
         self.end: float | None = None
         """When a terminal job ended, as expire_jobs counts its age (``terminal_end``)."""
-        self.waiting_children = False
+        self.waiting_child: bytes | None = None
+        """A dependent that still waits on the job (``dependencies.waiting_child``)."""
+        self.bound = 0
+        """How long a waiting dependent keeps it (``dependencies.dependents_bound``)."""
         self.abandoned_action = "fail"
 
     @classmethod
@@ -166,11 +175,10 @@ class _Facts:
             facts.retention = retention_for(settings.retention, queue, status)
             facts.newer_same = _newer_same(client, keys, facts, facts.retention)
             facts.end = terminal_end(REGISTRY_OF[status], facts.score, job)
-            facts.waiting_children = (
-                status != "finished"
-                and job.dependents > 0
-                and has_waiting_children(client, keys, job.job_id)
-            )
+            queues = iter_queue_names(client, keys)
+            waiting = read_waiting(client, keys, queues)
+            facts.waiting_child = waiting_child(client, keys, job.job_id, waiting)
+            facts.bound = dependents_bound(settings.retention)
         if status == "started":
             raw = cast("bytes | None", client.hget(keys.job(job.job_id), "worker_name"))
             if raw:  # no name (a half-written hash): nothing to say about a worker
@@ -356,8 +364,16 @@ def _janitor_never(facts: _Facts) -> str | None:  # noqa: PLR0911 - one return p
         return f"never: not in {to_text(facts.registry_key or b'its registry')}; expire_jobs finds jobs through their registry"
     if facts.end is None:
         return "never: no end time to measure its age from"
-    if facts.waiting_children:
-        return "kept: dependents wait on it (deleting it would strand them)"
+    retention = cast("Retention", facts.retention)
+    due_at = facts.end + retention.max_age_s
+    if holds(
+        child=facts.waiting_child, due_at=due_at, now=facts.now, bound_s=facts.bound
+    ):
+        child = to_text(cast("bytes", facts.waiting_child))
+        return (
+            f"kept: dependent {child} still waits (it may read this job); "
+            f"{format_duration(facts.bound)} past its due time it goes anyway"
+        )
     return None
 
 

@@ -18,8 +18,14 @@ import redis
 
 from janitor.config import TERMINAL_STATES, Settings
 from janitor.config.values import format_duration
+from janitor.dependencies import (
+    Waiting,
+    dependents_bound,
+    holds,
+    read_waiting,
+    waiting_child,
+)
 from janitor.expiry import expiry, terminal_end
-from janitor.jobs import has_waiting_children
 from janitor.keyspace import Keyspace, iter_queue_names, to_text
 from janitor.policy import QueueFilter, retention_for
 from janitor.report.read import (
@@ -242,6 +248,18 @@ class Scope:
     settings: Settings
     now: float
     limits: Limits = field(default_factory=Limits)
+    _hold: list[tuple[Waiting, int]] = field(default_factory=list)
+
+    @property
+    def hold(self) -> tuple[Waiting, int]:
+        """The parents live jobs depend on (read once, within the read budget) and ``dependents_bound``."""
+        if not self._hold:
+            queues = iter_queue_names(self.client, self.keys)
+            waiting = read_waiting(
+                self.client, self.keys, queues, cap=self.limits.read_budget
+            )
+            self._hold.append((waiting, dependents_bound(self.settings.retention)))
+        return self._hold[0]
 
     @classmethod
     def build(
@@ -380,7 +398,7 @@ def _janitor_columns(
     )
     row.janitor_oldest_at = oldest.at
     share = len(matched) / max(len(coll.entries), 1)
-    overdue: list[tuple[Entry, float]] = []
+    overdue: list[tuple[Entry, float, float]] = []
     for index, (entry, end) in enumerate(zip(matched, ends, strict=True)):
         if end is None or to_text(entry.job.origin or b"") != queue:
             continue  # expire_jobs skips these too
@@ -393,25 +411,31 @@ def _janitor_columns(
         capped = retention.keep_last is not None and newer >= retention.keep_last
         verdict = expiry(end=end, retention=retention, capped=capped, now=scope.now)
         if verdict.due:
-            overdue.append((entry, max(0.0, scope.now - end)))
-    ages = [age for _, age in _not_kept(scope, row.state, overdue)]
+            overdue.append((entry, max(0.0, scope.now - end), verdict.at or scope.now))
+    ages = [age for _, age in _not_kept(scope, overdue)]
     row.backlog_count = len(ages)
     row.backlog_oldest_age_s = max(ages, default=None)
 
 
 def _not_kept(
-    scope: Scope, state: str, overdue: Sequence[tuple[Entry, float]]
+    scope: Scope, overdue: Sequence[tuple[Entry, float, float]]
 ) -> list[tuple[Entry, float]]:
-    """Drop the overdue parents expire_jobs keeps because dependents wait on them."""
-    if state == "finished":
-        return list(overdue)
+    """Drop the overdue (entry, age, due time) parents expire_jobs keeps because dependents wait on them.
+
+    The rule is ``dependencies.holds``; past ``MAX_DEPENDENT_CHECKS`` parents to check, a
+    parent with dependents counts as kept.
+    """
     result: list[tuple[Entry, float]] = []
     checked = 0
-    for entry, age in overdue:
-        if entry.job.dependents:
+    waiting, bound = scope.hold
+    for entry, age, due_at in overdue:
+        job_id = entry.job.job_id
+        if (entry.job.dependents or job_id in waiting.by_parent) and holds(
+            child=b"?", due_at=due_at, now=scope.now, bound_s=bound
+        ):
             checked += 1
-            if checked > MAX_DEPENDENT_CHECKS or has_waiting_children(
-                scope.client, scope.keys, entry.job.job_id
+            if checked > MAX_DEPENDENT_CHECKS or waiting_child(
+                scope.client, scope.keys, job_id, waiting
             ):
                 continue
         result.append((entry, age))

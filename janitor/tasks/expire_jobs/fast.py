@@ -220,9 +220,14 @@ class Sweep:
         registries: Iterator[Registry],
         judge_of: Callable[[Registry], Judge],
         planners: tuple[SlowPlanner, RegistryPlanner],
+        protected: Sequence[bytes] = (),
     ) -> None:
-        """Walk ``registries``; ``planners`` plan entries and whole registries the ordinary way."""
+        """Walk ``registries``; ``planners`` plan entries and whole registries the ordinary way.
+
+        ``protected``: parents a live job depends on; the script leaves them to the planners.
+        """
         self.ctx, self.registries, self.judge_of = ctx, registries, judge_of
+        self.protected = list(protected)
         self.plan_slow, self.plan_registry = planners
         self.memos = Memos()
         self.walks: deque[Walk] = deque()
@@ -458,8 +463,10 @@ class ScanPage:
                 "budget": b"%d" % budget,
                 **dict(zip(scripts.TEMPLATE_NAMES, sweep.templates, strict=True)),
                 "nreg": b"%d" % len(self.walks),
+                "nprot": b"%d" % len(sweep.protected),
             },
         )
+        args += sweep.protected
         for walk in self.walks:
             judge = walk.judge
             more_keys, more_args = scripts.EXPIRE_REGISTRY.encode(

@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
 from janitor.actions import Action, DeleteJob, Skip
+from janitor.audit import get_logger
+from janitor.dependencies import (
+    LIVE_READ_CAP,
+    Waiting,
+    dependents_bound,
+    holds,
+    read_waiting,
+    waiting_child,
+)
 from janitor.expiry import REGISTRIES, expiry, terminal_end
-from janitor.jobs import JOB_FIELDS, FieldError, JobFields, has_waiting_children
+from janitor.jobs import JOB_FIELDS, FieldError, JobFields
 from janitor.keyspace import to_text
 from janitor.policy import retention_for
 from janitor.tasks.base import Decision, TaskContext
 from janitor.tasks.expire_jobs.fast import Cleanup, Judge, ScanPage, Sweep
 from janitor.tasks.expire_jobs.registry import CapBoundary, Registry
 from janitor.unlisted import Unlisted, every_queue, find_unlisted
+
+log = get_logger(__name__)
+
+PROTECTED_MAX = 1_000
+"""Above this many parents a live job depends on, a run takes the reference plan: the fast
+path's every page would carry their ids."""
 
 NAME = "expire_jobs"
 
@@ -38,8 +54,9 @@ class ExpireJobs:
     def plan(self, ctx: TaskContext) -> Iterator[Action | Skip]:
         """Yield a ``job_deleted`` action per terminal job past its age rule or cap."""
         unlisted = find_unlisted(ctx.client, ctx.keys, ctx.now, task=NAME)
+        hold = _Hold.read(ctx, unlisted)
         for reg in _registries(ctx, unlisted):
-            yield from self._plan_registry(ctx, reg)
+            yield from self._plan_registry(ctx, reg, hold=hold)
         yield from unlisted.bookkeeping
 
     def decide(self, ctx: TaskContext) -> Iterator[Action | Skip | Decision]:
@@ -52,11 +69,23 @@ class ExpireJobs:
         asked for: it starts where the answer of the one before left off.
         """
         unlisted = find_unlisted(ctx.client, ctx.keys, ctx.now, task=NAME)
+        hold = _Hold.read(ctx, unlisted)
+        if len(hold.waiting.by_parent) > PROTECTED_MAX:
+            # every page would carry them all: the reference plan is cheaper then
+            log.info("fast_path_off", task=NAME, parents=len(hold.waiting.by_parent))
+            for reg in _registries(ctx, unlisted):
+                yield from self._plan_registry(ctx, reg, hold=hold)
+            yield from unlisted.bookkeeping
+            return
         sweep = Sweep(
             ctx,
             _registries(ctx, unlisted),
             lambda reg: Judge.of(ctx, reg, _cap_boundaries(ctx, reg)),
-            (self._plan_page, self._plan_registry),
+            (
+                functools.partial(self._plan_page, hold=hold),
+                functools.partial(self._plan_registry, hold=hold),
+            ),
+            protected=sorted(hold.waiting.by_parent),
         )
         try:
             while sweep.more():
@@ -71,7 +100,7 @@ class ExpireJobs:
         yield from unlisted.bookkeeping
 
     def _plan_registry(
-        self, ctx: TaskContext, reg: Registry
+        self, ctx: TaskContext, reg: Registry, *, hold: _Hold
     ) -> Iterator[Action | Skip]:
         caps = _cap_boundaries(ctx, reg)
         cursor = 0
@@ -81,7 +110,7 @@ class ExpireJobs:
             )
             if page:
                 yield from self._plan_page(
-                    ctx, reg, caps, cast("list[tuple[bytes, bytes]]", page)
+                    ctx, reg, caps, cast("list[tuple[bytes, bytes]]", page), hold=hold
                 )
             if cursor == 0:
                 return
@@ -92,6 +121,8 @@ class ExpireJobs:
         reg: Registry,
         caps: Mapping[str, CapBoundary],
         page: Sequence[tuple[bytes, bytes]],
+        *,
+        hold: _Hold,
     ) -> Iterator[Action | Skip]:
         pipe = ctx.client.pipeline(transaction=False)
         for job_id, _ in page:
@@ -106,6 +137,7 @@ class ExpireJobs:
                 reg,
                 caps,
                 _Entry(job_id, raw_score, fields, dependents, executions),
+                hold,
             )
 
     def _plan_job(  # noqa: PLR0911 - one early return per reason to leave a job alone
@@ -114,6 +146,7 @@ class ExpireJobs:
         reg: Registry,
         caps: Mapping[str, CapBoundary],
         entry: _Entry,
+        hold: _Hold,
     ) -> Iterator[Action | Skip]:
         job_id, raw_score = entry.job_id, entry.raw_score
         where = {"queue": reg.name, "job_id": to_text(job_id), "registry": reg.kind}
@@ -150,12 +183,8 @@ class ExpireJobs:
         )
         if not verdict.due:
             return
-        dependents = int(cast("int", entry.dependents))
-        if (
-            dependents
-            and status != "finished"
-            and has_waiting_children(ctx.client, ctx.keys, job_id)
-        ):
+        child = hold.child(ctx, job_id, int(cast("int", entry.dependents)))
+        if hold.keeps(child, verdict.at or ctx.now, ctx.now, where):
             yield Skip(NAME, "dependents still wait on this job", where)
             return
         event = {
@@ -165,12 +194,57 @@ class ExpireJobs:
             "age_s": int(cast("float", verdict.age_s)),
             "rule": verdict.rule,
         }
-        write = _delete_write(ctx, reg, job, entry)
+        write = _delete_write(ctx, reg, job, entry, check_children=child is None)
         yield Action(NAME, "job_deleted", event, write)
 
 
+@dataclass(frozen=True, slots=True)
+class _Hold:
+    """What keeps a parent: the live jobs that depend on it, for at most ``bound`` seconds."""
+
+    waiting: Waiting
+    bound: int
+
+    @classmethod
+    def read(cls, ctx: TaskContext, unlisted: Unlisted) -> _Hold:
+        """Read every queue's live jobs' parents (all queues: a child may live anywhere)."""
+        queues = every_queue(ctx.client, ctx.keys, unlisted)
+        waiting = read_waiting(ctx.client, ctx.keys, queues)
+        if not waiting.complete:
+            log.warning("dependents_index_incomplete", task=NAME, cap=LIVE_READ_CAP)
+        return cls(waiting, dependents_bound(ctx.settings.retention))
+
+    def keeps(
+        self, child: bytes | None, due_at: float, now: float, where: dict[str, str]
+    ) -> bool:
+        """Whether a waiting ``child`` keeps a parent due since ``due_at`` (``dependencies.holds``; warn when no longer)."""
+        if child is None:
+            return False
+        where["dependent"] = to_text(child)
+        if holds(child=child, due_at=due_at, now=now, bound_s=self.bound):
+            return True
+        log.warning(
+            "parent_deleted_while_dependent_waits",
+            task=NAME,
+            bound_s=self.bound,
+            **where,
+        )
+        return False
+
+    def child(self, ctx: TaskContext, job_id: bytes, dependents: int) -> bytes | None:
+        """A dependent still waiting on ``job_id`` (``dependencies.waiting_child``), if any."""
+        if not dependents and job_id not in self.waiting.by_parent:
+            return None
+        return waiting_child(ctx.client, ctx.keys, job_id, self.waiting)
+
+
 def _delete_write(
-    ctx: TaskContext, reg: Registry, job: JobFields, entry: _Entry
+    ctx: TaskContext,
+    reg: Registry,
+    job: JobFields,
+    entry: _Entry,
+    *,
+    check_children: bool,
 ) -> DeleteJob:
     keys, job_id = ctx.keys, job.job_id
     executions = cast("list[bytes]", entry.executions)
@@ -186,6 +260,7 @@ def _delete_write(
         ended_at=job.raw_ended_at or b"",
         score=entry.raw_score,
         dependents_count=int(cast("int", entry.dependents)),
+        check_children=check_children,
         group=keys.group(job.group_id) if job.group_id else None,
         side_keys=(
             keys.dependencies(job_id),
