@@ -89,7 +89,9 @@ class Deferred:
 
     @property
     def why(self) -> str:
-        """The parents that keep a stuck job from ever running, in words."""
+        """Why a stuck (or stranded) job never runs, in words."""
+        if self.verdict is Verdict.READY:
+            return "every parent is done, yet nothing will enqueue it"
         if self.verdict is not Verdict.STUCK:
             return ""
         if all(status is None for status in self.parents.values()):
@@ -156,6 +158,9 @@ LIVE_COLLECTIONS = (
 LIVE_READ_CAP = 200_000
 """Live jobs whose ``dependency_ids`` one ``read_waiting`` reads at most."""
 PAGE = 500
+"""Entries of a live collection read per round trip."""
+QUEUES_PER_ROUND = 100
+"""Queues whose live collections' first pages are read in one round trip."""
 
 
 @dataclass
@@ -175,45 +180,72 @@ def read_waiting(
     *,
     cap: int = LIVE_READ_CAP,
 ) -> Waiting:
-    """Read the ``dependency_ids`` of the live jobs of ``queues`` (at most ``cap`` jobs)."""
+    """Read the ``dependency_ids`` of the live jobs of ``queues`` (at most ``cap`` jobs).
+
+    The first page of every live collection of ``QUEUES_PER_ROUND`` queues goes in one
+    round trip (empty ones cost a command each, no more); longer ones are paged on.
+    """
     found = Waiting()
     budget = cap
+    batch: list[bytes] = []
     for queue in queues:
-        for kind in LIVE_COLLECTIONS:
-            key = cast("bytes", getattr(keys, kind)(queue))
-            start = 0
-            while True:
-                if budget <= 0:
-                    found.complete = False
-                    return found
-                ids = _members(client, key, kind, start, min(PAGE, budget))
-                if not ids:
-                    break
-                start += len(ids)
-                budget -= len(ids)
-                _note_parents(client, keys, ids, found)
-                if len(ids) < PAGE:
-                    break
+        batch.append(queue)
+        if len(batch) == QUEUES_PER_ROUND:
+            budget = _read_batch(client, keys, batch, found, budget)
+            batch = []
+        if budget <= 0:
+            found.complete = False
+            return found
+    if batch:
+        budget = _read_batch(client, keys, batch, found, budget)
+    found.complete = budget > 0
     return found
 
 
-def _members(
-    client: redis.Redis, key: bytes, kind: str, start: int, count: int
-) -> list[bytes]:
-    """A page of job ids of one live collection (the started registry's ``<id>:<exec>`` cut)."""
-    try:
-        if kind in ("queue", "intermediate"):
-            if client.type(key) != b"list":
-                return []
-            return cast("list[bytes]", client.lrange(key, start, start + count - 1))
-        if client.type(key) != b"zset":
-            return []
-        members = cast("list[bytes]", client.zrange(key, start, start + count - 1))
-    except redis.ResponseError:
-        return []
+def _read_batch(
+    client: redis.Redis,
+    keys: Keyspace,
+    queues: Sequence[bytes],
+    found: Waiting,
+    budget: int,
+) -> int:
+    """Note the parents of the live jobs of ``queues``; return the budget left."""
+    collections = [
+        (kind, cast("bytes", getattr(keys, kind)(queue)))
+        for queue in queues
+        for kind in LIVE_COLLECTIONS
+    ]
+    pipe = client.pipeline(transaction=False)
+    for kind, key in collections:
+        _range(pipe, kind, key, 0)
+    firsts = pipe.execute(raise_on_error=False)
+    for (kind, key), first in zip(collections, firsts, strict=True):
+        start, page = 0, first
+        while isinstance(page, list) and page and budget > 0:
+            ids = _ids(kind, cast("list[bytes]", page))[:budget]
+            budget -= len(page)
+            _note_parents(client, keys, ids, found)
+            if len(page) < PAGE:
+                break
+            start += PAGE
+            pipe = client.pipeline(transaction=False)
+            _range(pipe, kind, key, start)
+            page = pipe.execute(raise_on_error=False)[0]
+    return budget
+
+
+def _range(pipe: redis.client.Pipeline, kind: str, key: bytes, start: int) -> None:
+    """Queue the read of one page of a live collection (a list or a sorted set)."""
+    if kind in ("queue", "intermediate"):
+        pipe.lrange(key, start, start + PAGE - 1)
+    else:
+        pipe.zrange(key, start, start + PAGE - 1)
+
+
+def _ids(kind: str, members: list[bytes]) -> list[bytes]:
+    """Job ids of a page: the started registry's ``<id>:<exec>`` members read both ways (1.x ids may hold ``:``)."""
     if kind != "started":
         return members
-    # 1.x members are plain ids (which may hold ':'); reading both is cheap and safe
     return [part for m in members for part in {m, m.rpartition(b":")[0]} if part]
 
 

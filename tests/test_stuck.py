@@ -11,6 +11,7 @@ from rq.job import Job
 
 from janitor.config import DeferredSettings, Settings
 from janitor.keyspace import Keyspace
+from janitor.report import build_report
 from janitor.tasks.stuck import SECOND_LOOK_S
 from tests import funcs
 from tests.engine_run import run_tasks
@@ -95,3 +96,35 @@ def test_report_mode_writes_nothing_and_changed_facts_start_over(
     )
     assert canceled(later) == []
     assert cast("bytes", r.hget(KEYS.job(child.id), "status")) == b"deferred"
+
+
+def test_report_tells_why_each_deferred_job_never_runs(r: redis.Redis) -> None:
+    """Two parents, one done and one gone: stranded ("parents done"); every parent gone: stuck; one pending: waiting."""
+    queue = Queue("work", connection=r)
+    done, gone = queue.enqueue(funcs.ok), queue.enqueue(funcs.ok)
+    both = queue.enqueue(funcs.ok, depends_on=[done, gone])
+    orphan_parent = queue.enqueue(funcs.ok)
+    orphan = queue.enqueue(funcs.ok, depends_on=orphan_parent)
+    pending = queue.enqueue(funcs.ok)
+    waiting = queue.enqueue(funcs.ok, depends_on=pending)
+    SimpleWorker([queue], connection=r).work(burst=True, max_jobs=1)  # runs `done`
+    for job in (gone, orphan_parent):
+        r.lrem(KEYS.queue("work"), 0, job.id)
+        r.delete(KEYS.job(job.id))
+    assert both.get_status() == "deferred"
+    leaks = {
+        leak["kind"]: leak for leak in build_report(r, Settings(), time.time())["leaks"]
+    }
+    stuck = leaks["stuck_deferred_jobs"]
+    assert sorted(stuck["examples"]) == sorted(
+        [
+            f"work {both.id}: every parent is done, yet nothing will enqueue it",
+            f"work {orphan.id}: every parent is gone",
+        ]
+    )
+    assert stuck["by_kind"] == {
+        "every_parent_gone": 1,
+        "parent_ended_unaccepted": 0,
+        "parents_done": 1,
+    }
+    assert waiting.get_status() == "deferred"

@@ -263,6 +263,19 @@ def _totals(queues: Iterable[QueueReport]) -> dict[str, int]:
     return totals
 
 
+def _stuck_kinds(stuck: Sequence[tuple[str, dependencies.Deferred]]) -> dict[str, int]:
+    """``by_kind`` of ``stuck_deferred_jobs``."""
+    kinds = {"every_parent_gone": 0, "parent_ended_unaccepted": 0, "parents_done": 0}
+    for _, job in stuck:
+        if job.verdict is dependencies.Verdict.READY:
+            kinds["parents_done"] += 1
+        elif all(status is None for status in job.parents.values()):
+            kinds["every_parent_gone"] += 1
+        else:
+            kinds["parent_ended_unaccepted"] += 1
+    return kinds
+
+
 def _stuck_deferred(
     scope: Scope, queues: Sequence[QueueReport]
 ) -> tuple[list[tuple[str, dependencies.Deferred]], bool]:
@@ -275,10 +288,12 @@ def _stuck_deferred(
         read = dependencies.read_deferred(
             scope.client, scope.keys, [job_id for _, job_id in chunk]
         )
+        # READY while still deferred: the trigger (a parent's end) has passed, so nothing
+        # will enqueue it either
         found += [
             (names[d.job_id], d)
             for d in read
-            if d.verdict is dependencies.Verdict.STUCK
+            if d.verdict is not dependencies.Verdict.WAITING
         ]
     return found, len(judged) == len(wanted)
 
@@ -340,16 +355,7 @@ def leaks(
             "stuck_deferred_jobs",
             [f"{name} {to_text(d.job_id)}: {d.why}".encode() for name, d in stuck],
             sampled and stuck_exact,
-            {
-                "every_parent_gone": sum(
-                    1 for _, d in stuck if all(s is None for s in d.parents.values())
-                ),
-                "parent_ended_unaccepted": sum(
-                    1
-                    for _, d in stuck
-                    if any(s is not None for s in d.parents.values())
-                ),
-            },
+            _stuck_kinds(stuck),
         ),
         (
             "dead_index_entries",
