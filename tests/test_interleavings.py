@@ -24,6 +24,7 @@ from rq.job import Dependency, Job
 
 from janitor.audit import AuditLog
 from janitor.config import RetentionSettings, Settings
+from janitor.dependencies import dependents_bound
 from janitor.engine import run_once
 from janitor.jobs import LIVE_STATUSES, TERMINAL_STATUSES
 from janitor.keyspace import Keyspace
@@ -34,6 +35,8 @@ QUEUES = ("alpha", "beta")
 ZERO = Settings(
     retention=RetentionSettings(finished=0, failed=0, stopped=0, canceled=0)
 )
+BOUND = dependents_bound(ZERO.retention)
+"""How long past its due time a waiting dependent keeps its parent (a day, with zero retention)."""
 
 
 class JanitorAmongRq(RuleBasedStateMachine):
@@ -47,6 +50,8 @@ class JanitorAmongRq(RuleBasedStateMachine):
         self.jobs: list[str] = []
         self.deleted: dict[str, str] = {}
         """Job id -> the status it had when the janitor deleted it."""
+        self.ages: dict[str, int] = {}
+        """Job id -> its age when the janitor deleted it (with zero retention: how long it was due)."""
         self.clock = 0.0
 
     def status(self, job_id: str) -> str | None:
@@ -122,7 +127,7 @@ class JanitorAmongRq(RuleBasedStateMachine):
         )
         assert report.failed_tasks == ()
         events = [json.loads(line) for line in stream.getvalue().splitlines()]
-        deleted = {e["job_id"] for e in events if e["event"] == "job_deleted"}
+        deleted = {e["job_id"]: e for e in events if e["event"] == "job_deleted"}
         for job_id, status in before.items():
             after = self.status(job_id)
             if status is not None and after is None:
@@ -130,12 +135,13 @@ class JanitorAmongRq(RuleBasedStateMachine):
                 assert job_id in deleted, job_id
                 assert status in TERMINAL_STATUSES, (job_id, status)
                 self.deleted[job_id] = status
+                self.ages[job_id] = deleted[job_id]["age_s"]
             if status in LIVE_STATUSES:
                 assert after == status, (job_id, status, after)
 
     @invariant()
     def waiting_children_keep_their_parents(self) -> None:
-        """A deferred job's parents are all still there, unless the janitor deleted them as finished."""
+        """A deferred job's parents are all there, unless deleted as finished or due longer than the bound."""
         for job_id in self.jobs:
             if self.status(job_id) != "deferred":
                 continue
@@ -146,6 +152,7 @@ class JanitorAmongRq(RuleBasedStateMachine):
                 assert (
                     self.status(parent) is not None
                     or self.deleted.get(parent) == "finished"
+                    or self.ages.get(parent, 0) >= BOUND  # age_s is whole seconds
                 ), (job_id, parent)
 
     def teardown(self) -> None:
