@@ -182,8 +182,9 @@ def read_waiting(
 ) -> Waiting:
     """Read the ``dependency_ids`` of the live jobs of ``queues`` (at most ``cap`` jobs).
 
-    The first page of every live collection of ``QUEUES_PER_ROUND`` queues goes in one
-    round trip (empty ones cost a command each, no more); longer ones are paged on.
+    ``QUEUES_PER_ROUND`` queues at a time: one EXISTS per queue tells which hold a live
+    job, the first page of each of their live collections comes in one round trip, and
+    longer collections are paged on.
     """
     found = Waiting()
     budget = cap
@@ -210,9 +211,13 @@ def _read_batch(
     budget: int,
 ) -> int:
     """Note the parents of the live jobs of ``queues``; return the budget left."""
+    pipe = client.pipeline(transaction=False)
+    for queue in queues:
+        pipe.exists(*(cast("bytes", getattr(keys, k)(queue)) for k in LIVE_COLLECTIONS))
+    busy = [q for q, n in zip(queues, pipe.execute(), strict=True) if n]
     collections = [
         (kind, cast("bytes", getattr(keys, kind)(queue)))
-        for queue in queues
+        for queue in busy
         for kind in LIVE_COLLECTIONS
     ]
     pipe = client.pipeline(transaction=False)

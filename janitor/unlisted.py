@@ -58,28 +58,36 @@ def _chunks(items: Sequence[bytes], size: int) -> Iterable[Sequence[bytes]]:
 
 
 def confirm(client: redis.Redis, keys: Keyspace, names: Iterable[bytes]) -> list[bytes]:
-    """The names among ``names`` that are unlisted queues still holding data, sorted."""
+    """The names among ``names`` that are unlisted queues still holding data, sorted.
+
+    Listed queues (most names a SCAN sees) cost one SISMEMBER each; only the others get
+    their keys' types read.
+    """
     unique = sorted(set(names))
-    width = len(QUEUE_REGISTRIES) + 3
+    width = len(QUEUE_REGISTRIES) + 2
     found: list[bytes] = []
     for chunk in _chunks(unique, PIPELINE):
         pipe = client.pipeline(transaction=False)
         for name in chunk:
             # redis-py types a member as str but sends bytes as they are
             pipe.sismember(keys.queues(), cast("str", keys.queue(name)))
+        unlisted = [
+            n for n, listed in zip(chunk, pipe.execute(), strict=True) if not listed
+        ]
+        pipe = client.pipeline(transaction=False)
+        for name in unlisted:
             pipe.sismember(keys.queues(), cast("str", keys.intermediate(name)))
             pipe.type(keys.intermediate(name))
             for kind in QUEUE_REGISTRIES:
                 pipe.type(getattr(keys, kind)(name))
         replies = pipe.execute()
-        for index, name in enumerate(chunk):
-            listed, own_list, intermediate, *registries = replies[
+        for index, name in enumerate(unlisted):
+            own_list, intermediate, *registries = replies[
                 width * index : width * (index + 1)
             ]
-            holds = any(kind == b"zset" for kind in registries) or (
+            if any(kind == b"zset" for kind in registries) or (
                 intermediate == b"list" and not own_list
-            )
-            if holds and not listed:
+            ):
                 found.append(name)
     return found
 
