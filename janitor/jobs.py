@@ -41,6 +41,7 @@ JOB_FIELDS: tuple[str, ...] = (
     "failure_ttl",
     "result_ttl",
     "group_id",
+    "rate_limit_key",
 )
 """The hash fields the janitor reads (HMGET). Payload fields are never among them."""
 
@@ -206,6 +207,12 @@ class JobFields:
     def group_id(self) -> bytes | None:
         """The RQ 2 group the job belongs to, if any."""
         raw = self._raw("group_id")
+        return raw or None
+
+    @property
+    def rate_limit_key(self) -> bytes | None:
+        """The RQ 3 rate limit the job counts against, if any."""
+        raw = self._raw("rate_limit_key")
         return raw or None
 
 

@@ -315,7 +315,8 @@ EXPIRE_TERMINAL_JOBS = (
 -- The fast path of expire_jobs: walks registries itself, in their order, and judges each
 -- entry by the retention and, in the same atomic step, deletes each job that is plainly
 -- past its age rule: its status one of its registry's, its origin the registry's queue,
--- a well-formed ended_at at or before the cutoff of its status, no group, no execution,
+-- a well-formed ended_at at or before the cutoff of its status, no group, no RQ 3 rate
+-- limit (its slot may need freeing), no execution,
 -- no member in the started registry, no dependents set, not a parent a live job depends
 -- on (the ids after the head), and no side key of the wrong type. Everything else is left untouched; what is not plainly young (or
 -- gone) is answered back to be planned the ordinary way (read, plan,
@@ -380,7 +381,7 @@ local function judge(r, registry, started, origin, states, members, items, out, 
     local id = items[i]
     local job = jh .. id .. jt
     local code = '?'
-    local h = redis.pcall('HMGET', job, 'status', 'origin', 'ended_at', 'group_id')
+    local h = redis.pcall('HMGET', job, 'status', 'origin', 'ended_at', 'group_id', 'rate_limit_key')
     if not h.err then
       if not h[1] then
         if redis.call('EXISTS', job, dh .. id .. dt, eh .. id .. et) == 0 then code = '-' end
@@ -393,7 +394,8 @@ local function judge(r, registry, started, origin, states, members, items, out, 
           elseif ended > state[2] then
             -- younger: kept, unless a cap applies (the planner places it)
             if not state[3] then code = '-' end
-          elseif (not h[4] or h[4] == '') and execs == 0 and deps == 0 and not protected[id] then
+          elseif (not h[4] or h[4] == '') and (not h[5] or h[5] == '') and execs == 0
+              and deps == 0 and not protected[id] then
             local running
             if members then running = members[id]
             else

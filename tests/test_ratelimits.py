@@ -6,9 +6,11 @@ import subprocess
 import time
 from typing import Any, cast
 
+import pytest
 import redis
-from rq import Queue
+from rq import Queue, SimpleWorker
 from rq.rate_limit import RateLimit
+from rq.worker import base as worker_base
 
 from janitor.config import Settings
 from janitor.keyspace import Keyspace
@@ -133,3 +135,26 @@ def test_leaked_slots_are_freed_and_empty_limits_forgotten(r: redis.Redis) -> No
         KEYS.rate_limit("api"), KEYS.rate_limit_allowed("api"), KEYS.rate_limit_keys()
     )
     assert r.exists(KEYS.rate_limit_waiting("api")) == 0
+
+
+def test_deleting_a_job_that_still_holds_a_slot_frees_it(
+    r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """expire_jobs deletes a finished job whose slot a crash kept, frees the slot and promotes the next job."""
+    queue = Queue("rl", connection=r)
+    limit = RateLimit("api", 1)
+    first = queue.enqueue(funcs.ok, rate_limit=limit, result_ttl=-1)
+    second = queue.enqueue(funcs.ok, rate_limit=limit)
+    # the worker dies right after the job's end is written, before it gives the slot back
+    monkeypatch.setattr(worker_base, "release_slot", lambda _: [])
+    SimpleWorker([queue], connection=r).work(burst=True, max_jobs=1)
+    assert first.get_status() == "finished"
+    assert r.zrange(KEYS.rate_limit_allowed("api"), 0, -1) == [first.id.encode()]
+    assert second.get_status() == "rate_limited"
+    _, events = run_tasks(r, only=["expire_jobs"], now=time.time() + 2 * 86_400)
+    assert [e["job_id"] for e in events_of(events, "job_deleted")] == [first.id]
+    released = events_of(events, "rate_limit_slot_released")
+    assert [e["job_id"] for e in released] == [first.id]
+    promoted = events_of(events, "rate_limited_job_promoted")
+    assert [e["job_id"] for e in promoted] == [second.id]
+    assert r.lrange(KEYS.queue("rl"), 0, -1) == [second.id.encode()]

@@ -24,6 +24,7 @@ from janitor.policy import retention_for
 from janitor.tasks.base import Decision, TaskContext
 from janitor.tasks.expire_jobs.fast import Cleanup, Judge, ScanPage, Sweep
 from janitor.tasks.expire_jobs.registry import CapBoundary, Registry
+from janitor.tasks.ratelimits import plan_release
 from janitor.unlisted import Unlisted, every_queue, find_unlisted
 
 log = get_logger(__name__)
@@ -196,6 +197,13 @@ class ExpireJobs:
         }
         write = _delete_write(ctx, reg, job, entry, check_children=child is None)
         yield Action(NAME, "job_deleted", event, write)
+        yield from _release(ctx, reg, job)
+
+
+def _release(ctx: TaskContext, reg: Registry, job: JobFields) -> Iterator[Action]:
+    """RQ's ``release_stale_and_enqueue`` after the delete (applied after it, in plan order)."""
+    if job.rate_limit_key:
+        yield from plan_release(ctx, NAME, job.job_id, reg.queue, job.rate_limit_key)
 
 
 @dataclass(frozen=True, slots=True)
