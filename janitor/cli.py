@@ -26,6 +26,7 @@ from janitor.errors import (
 )
 from janitor.keyspace import Keyspace, detect_layout, iter_queue_names
 from janitor.leader import Lease
+from janitor.memory import budget_bytes, read_usage
 from janitor.tasks import TASKS
 
 P = ParamSpec("P")
@@ -192,6 +193,8 @@ def run(  # noqa: PLR0913 - one parameter per documented option
 
         return serve(settings)
     client = connect(settings.redis)
+    # a percent budget on a server without maxmemory is a config error (exit 78), now
+    budget_bytes(settings.memory, read_usage(client).maxmemory)
     audit = AuditLog.open(settings.audit.path)
     lease: Lease | None = None
     try:

@@ -45,9 +45,11 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from janitor.audit import AuditLog, get_logger
 from janitor.config import Schedule, Settings
+from janitor.config.settings import MEMORY_CHECK
 from janitor.engine import run_once
 from janitor.errors import EXIT_OK, JanitorError
 from janitor.leadership import Leadership
+from janitor.memory import budget_bytes, read_usage
 from janitor.metrics import HttpServer, Metrics, ReadinessProbe, TaskRun, make_app
 from janitor.report.build import backlog
 from janitor.tasks import TASKS
@@ -141,6 +143,9 @@ class Daemon:
                 # The first tick connects and settles the lease before any task fires;
                 # a Redis that is down is retried by the lease job, a bad [redis] raises.
                 self.leadership.tick()
+                client = self.leadership.client
+                if client is not None:  # a percent budget needs maxmemory: exit 78 now
+                    budget_bytes(self.settings.memory, read_usage(client).maxmemory)
                 self._scheduler.start()
                 log.info(
                     "daemon_started",
@@ -194,6 +199,12 @@ class Daemon:
                 id=task,
                 name=task,
             )
+        scheduler.add_job(
+            self._memory_job,
+            trigger_for(self.settings.schedule[MEMORY_CHECK]),
+            id=MEMORY_CHECK,
+            name=MEMORY_CHECK,
+        )
         scheduler.add_listener(
             self._on_job_event,
             EVENT_JOB_EXECUTED
@@ -219,6 +230,30 @@ class Daemon:
         when = datetime.now(UTC) + timedelta(seconds=pause)
         with contextlib.suppress(JobLookupError):
             self._scheduler.modify_job(LEASE_JOB, next_run_time=when)
+
+    def _memory_job(self) -> None:
+        """``[schedule] memory``: read ``INFO memory``; over ``[memory] budget``, run ``expire_jobs`` now.
+
+        Cheap under the budget (one INFO). Only the leader reads and acts; the run it
+        starts is recorded as any run of ``expire_jobs``.
+        """
+        client = self.leadership.client
+        if client is None or not self.leadership.is_leader or self._stopping.is_set():
+            return
+        try:
+            usage = read_usage(client)
+            budget = budget_bytes(self.settings.memory, usage.maxmemory)
+        except JanitorError as err:  # a percent budget on a server without maxmemory
+            log.error("daemon_failed", error=str(err))  # noqa: TRY400 - the message says it all
+            self._fatal = err
+            return
+        except redis.RedisError as err:
+            log.warning("memory_check_failed", error=f"{type(err).__name__}: {err}")
+            return
+        self.metrics.set_memory(usage.used, budget)
+        if budget is not None and usage.used > budget and "expire_jobs" in self.tasks:
+            log.info("memory_over_budget", used_memory=usage.used, budget=budget)
+            self.metrics.observe(self._task_job("expire_jobs"))
 
     def _task_job(self, task: str) -> TaskRun:
         with self._task_lock:

@@ -156,6 +156,16 @@ class Metrics:
             "1 while this replica holds the leader lease, else 0.",
             registry=self.registry,
         )
+        self._used_memory = Gauge(
+            "janitor_redis_used_memory_bytes",
+            "Redis used_memory at the daemon's last memory check (leader only).",
+            registry=self.registry,
+        )
+        self._budget = Gauge(
+            "janitor_memory_budget_bytes",
+            "[memory] budget in bytes at the last memory check (absent: no budget).",
+            registry=self.registry,
+        )
         self._backlog = _BacklogCollector()
         self.registry.register(self._backlog)
         self._lock = threading.Lock()
@@ -181,6 +191,12 @@ class Metrics:
     def track_leader(self, is_leader: Callable[[], bool]) -> None:
         """Read ``janitor_leader`` from ``is_leader`` at every scrape."""
         self._leader.set_function(lambda: 1.0 if is_leader() else 0.0)
+
+    def set_memory(self, used: int, budget: int | None) -> None:
+        """Set the memory gauges from the daemon's memory check."""
+        self._used_memory.set(used)
+        if budget is not None:
+            self._budget.set(budget)
 
     def set_backlog(self, backlog: Mapping[tuple[str, str], float]) -> None:
         """Replace the backlog gauge with a fresh (queue, state) -> age snapshot."""

@@ -144,9 +144,10 @@ class TestSchedules:
             parse_schedule(value, "janitor.toml: [schedule] expire_jobs")
 
     def test_defaults_for_every_task(self) -> None:
-        """Settings.schedule holds a Schedule for every task, from DEFAULT_SCHEDULES."""
+        """Settings.schedule holds a Schedule for every task and the memory check, from DEFAULT_SCHEDULES."""
         settings = load_settings(env={})
-        assert tuple(settings.schedule) == TASK_NAMES
+        assert tuple(settings.schedule) == (*TASK_NAMES, "memory")
+        assert settings.schedule["memory"].interval_s == 15
         for task in TASK_NAMES:
             assert settings.schedule[task].text == DEFAULT_SCHEDULES[task]
             assert settings.sources[f"schedule.{task}"] == "default"
@@ -245,6 +246,14 @@ class TestWrongValues:
             (
                 '[queues]\nprune_after = "soon"\n',
                 "[queues] prune_after: expected a duration",
+            ),
+            (
+                '[memory]\nbudget = "lots"\n',
+                "[memory] budget: expected a share of maxmemory",
+            ),
+            (
+                '[memory]\nbudget = "120%"\n',
+                "[memory] budget: expected a share of maxmemory",
             ),
             (
                 '[deferred]\nstuck = "delete"\n',
@@ -475,6 +484,8 @@ class TestPrecedence:
             "workers.dead_after",
             "queues.prune_after",
             "deferred.stuck",
+            "memory.budget",
+            "memory.keep_for",
             "abandoned.action",
             "audit.path",
             "http.listen",
@@ -485,6 +496,7 @@ class TestPrecedence:
             "log_format",
             "config_path",
             *(f"schedule.{task}" for task in TASK_NAMES),
+            "schedule.memory",
         }
         assert set(settings.sources) == expected
         changed = {k: v for k, v in settings.sources.items() if v != "default"}
@@ -786,3 +798,32 @@ class TestQueues:
         path = toml(tmp_path, '[queues]\nprune_after = "10m"\n')
         text = render_settings(load_settings(config_path=path, env={}))
         assert '[queues]\nprune_after = "10m"  # ' in text
+
+
+class TestMemoryBudget:
+    """``[memory] budget`` and ``keep_for``."""
+
+    @pytest.mark.parametrize(
+        ("text", "parsed", "shown"),
+        [
+            ("80%", ("percent", 80.0), "80%"),
+            ("512MB", ("bytes", 512 * 1024**2), "512MB"),
+            ("2gb", ("bytes", 2 * 1024**3), "2GB"),
+            ("1.5GB", ("bytes", 1.5 * 1024**3), "1536MB"),
+        ],
+    )
+    def test_budget_is_a_share_or_a_size(
+        self, tmp_path: Path, text: str, parsed: tuple[str, float], shown: str
+    ) -> None:
+        """A budget is a percent of maxmemory or a size; janitor config prints it back."""
+        path = toml(tmp_path, f'[memory]\nbudget = "{text}"\nkeep_for = "5m"\n')
+        settings = load_settings(config_path=path, env={})
+        assert settings.memory.budget == parsed
+        assert settings.memory.keep_for == 300
+        assert f'budget = "{shown}"' in render_settings(settings)
+
+    def test_no_budget_by_default(self) -> None:
+        """Unset, there is no budget; keep_for defaults to ten minutes."""
+        settings = load_settings(env={})
+        assert settings.memory.budget is None
+        assert settings.memory.keep_for == 600

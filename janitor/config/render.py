@@ -9,6 +9,7 @@ from typing import cast
 from janitor.config.settings import SECTIONS, RetentionRule, Settings
 from janitor.config.values import (
     REDACTED,
+    format_budget,
     format_duration,
     format_host_port,
     redact_url,
@@ -22,6 +23,7 @@ _DURATIONS = frozenset(
         "canceled",
         "dead_after",
         "prune_after",
+        "keep_for",
         "lease_ttl",
     )
 )
@@ -64,6 +66,8 @@ def _values(settings: Settings, section: str) -> list[tuple[str, object]]:
             value = format_duration(value)
         elif section == "redis":
             value = _redis_value(item.name, value)
+        elif item.name == "budget" and value is not None:
+            value = format_budget(cast("tuple[str, float]", value))
         shown.append((item.name, value))
     return shown
 

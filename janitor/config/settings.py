@@ -26,6 +26,7 @@ from janitor.config.values import (
     choice,
     globs,
     listen_address,
+    memory_budget,
     parse_duration,
     parse_schedule_text,
     positive_duration,
@@ -126,6 +127,16 @@ class DeferredSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MemorySettings:
+    """``[memory]``: the memory budget (off unless ``budget`` is set)."""
+
+    budget: tuple[str, float] | None = None
+    """``("percent", 80.0)`` of ``maxmemory`` or ``("bytes", n)``; None: no budget."""
+    keep_for: int = 600
+    """A terminal job younger than this (seconds since it ended) is never deleted for memory."""
+
+
+@dataclass(frozen=True, slots=True)
 class AbandonedSettings:
     """``[abandoned]``: what happens to started jobs of dead workers."""
 
@@ -141,6 +152,9 @@ class Schedule:
     cron: str | None = None
 
 
+MEMORY_CHECK = "memory"
+"""The ``[schedule]`` key of the daemon's ``INFO memory`` check (``[memory] budget``); not a task."""
+
 DEFAULT_SCHEDULES: Mapping[str, str] = {
     "expire_jobs": "every 5m",
     "prune_workers": "every 1m",
@@ -148,13 +162,14 @@ DEFAULT_SCHEDULES: Mapping[str, str] = {
     "clean_registries": "every 10m",
     "prune_queues": "every 1h",
     "sweep_orphans": "0 3 * * *",
+    MEMORY_CHECK: "every 15s",
 }
 
 
 def _default_schedules() -> dict[str, Schedule]:
     return {
-        task: Schedule(*parse_schedule_text(DEFAULT_SCHEDULES[task], "default"))
-        for task in TASK_NAMES
+        name: Schedule(*parse_schedule_text(DEFAULT_SCHEDULES[name], "default"))
+        for name in (*TASK_NAMES, MEMORY_CHECK)
     }
 
 
@@ -206,6 +221,7 @@ class Settings:
     workers: WorkersSettings = field(default_factory=WorkersSettings)
     queues: QueuesSettings = field(default_factory=QueuesSettings)
     deferred: DeferredSettings = field(default_factory=DeferredSettings)
+    memory: MemorySettings = field(default_factory=MemorySettings)
     abandoned: AbandonedSettings = field(default_factory=AbandonedSettings)
     schedule: Mapping[str, Schedule] = field(default_factory=_default_schedules)
     """Task name -> its daemon schedule; every task in TASK_NAMES has one."""
@@ -288,8 +304,9 @@ _SCHEMA: Schema = {
     "workers": {"dead_after": positive_duration},
     "queues": {"prune_after": parse_duration},
     "deferred": {"stuck": choice(STUCK_ACTIONS)},
+    "memory": {"budget": memory_budget, "keep_for": parse_duration},
     "abandoned": {"action": choice(ABANDONED_ACTIONS)},
-    "schedule": dict.fromkeys(TASK_NAMES, parse_schedule),
+    "schedule": dict.fromkeys((*TASK_NAMES, MEMORY_CHECK), parse_schedule),
     "audit": {"path": string},
     "http": {"listen": listen_address},
     "daemon": {"lease_key": string, "lease_ttl": _lease_ttl},
@@ -397,8 +414,11 @@ def _build(merged: Layer) -> Settings:
         workers=WorkersSettings(**parts["workers"]),
         queues=QueuesSettings(**parts["queues"]),
         deferred=DeferredSettings(**parts["deferred"]),
+        memory=MemorySettings(**parts["memory"]),
         abandoned=AbandonedSettings(**parts["abandoned"]),
-        schedule={task: parts["schedule"][task] for task in TASK_NAMES},
+        schedule={
+            name: parts["schedule"][name] for name in (*TASK_NAMES, MEMORY_CHECK)
+        },
         audit=AuditSettings(**parts["audit"]),
         http=HttpSettings(**parts["http"]),
         daemon=DaemonSettings(**parts["daemon"]),

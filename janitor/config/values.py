@@ -232,3 +232,41 @@ def suggest(name: str, known: list[str]) -> str:
     if close:
         return f"; did you mean {close[0]!r}?"
     return f"; known: {', '.join(known)}"
+
+
+_SIZE_UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
+
+
+def memory_budget(value: object, where: str) -> tuple[str, float]:
+    """``"80%"`` (of ``maxmemory``, 1 to 100) or a size (``"512MB"``, ``"2GB"``; units of 1024).
+
+    Returns ``("percent", 80.0)`` or ``("bytes", 536870912.0)``.
+    """
+    text = value.strip().upper() if isinstance(value, str) else ""
+    try:
+        if text.endswith("%"):
+            percent = float(text[:-1])
+            if 0 < percent <= 100:  # noqa: PLR2004 - a percentage
+                return "percent", percent
+        else:
+            unit = next(
+                (u for u in ("TB", "GB", "MB", "KB", "B") if text.endswith(u)), ""
+            )
+            amount = float(text[: len(text) - len(unit)]) if unit else -1.0
+            if amount > 0:
+                return "bytes", amount * _SIZE_UNITS[unit]
+    except ValueError:
+        pass
+    msg = f'{where}: expected a share of maxmemory like "80%" or a size like "512MB" or "2GB", got {value!r}'
+    raise ConfigError(msg)
+
+
+def format_budget(budget: tuple[str, float]) -> str:
+    """``memory_budget``'s value as written in a config file."""
+    kind, amount = budget
+    if kind == "percent":
+        return f"{amount:g}%"
+    for unit in ("TB", "GB", "MB", "KB"):
+        if amount >= _SIZE_UNITS[unit] and amount % _SIZE_UNITS[unit] == 0:
+            return f"{int(amount // _SIZE_UNITS[unit])}{unit}"
+    return f"{int(amount)}B"

@@ -23,6 +23,7 @@ from janitor.keyspace import to_text
 from janitor.policy import retention_for
 from janitor.tasks.base import Decision, TaskContext
 from janitor.tasks.expire_jobs.fast import Cleanup, Judge, ScanPage, Sweep
+from janitor.tasks.expire_jobs.memory import plan_memory
 from janitor.tasks.expire_jobs.registry import CapBoundary, Registry
 from janitor.tasks.ratelimits import plan_release
 from janitor.unlisted import Unlisted, every_queue, find_unlisted
@@ -58,6 +59,8 @@ class ExpireJobs:
         hold = _Hold.read(ctx, unlisted)
         for reg in _registries(ctx, unlisted):
             yield from self._plan_registry(ctx, reg, hold=hold)
+        # the memory pass needs the engine to apply each batch before it reads
+        # used_memory again (a Barrier): it is part of ``decide`` only
         yield from unlisted.bookkeeping
 
     def decide(self, ctx: TaskContext) -> Iterator[Action | Skip | Decision]:
@@ -76,6 +79,7 @@ class ExpireJobs:
             log.info("fast_path_off", task=NAME, parents=len(hold.waiting.by_parent))
             for reg in _registries(ctx, unlisted):
                 yield from self._plan_registry(ctx, reg, hold=hold)
+            yield from self._plan_memory(ctx, unlisted, hold)
             yield from unlisted.bookkeeping
             return
         sweep = Sweep(
@@ -98,7 +102,20 @@ class ExpireJobs:
             yield Cleanup(sweep.memos, sweep.close)
         finally:
             sweep.close()
+        yield from self._plan_memory(ctx, unlisted, hold)
         yield from unlisted.bookkeeping
+
+    def _plan_memory(
+        self, ctx: TaskContext, unlisted: Unlisted, hold: _Hold
+    ) -> Iterator[Action | Skip | Decision]:
+        """While over ``[memory] budget``: jobs beyond their age rules (``memory``)."""
+
+        def plan_page(
+            ctx: TaskContext, reg: Registry, page: Sequence[tuple[bytes, bytes]]
+        ) -> Iterator[Action | Skip]:
+            return self._plan_page(ctx, reg, {}, page, hold=hold)
+
+        yield from plan_memory(ctx, _registries(ctx, unlisted), plan_page)
 
     def _plan_registry(
         self, ctx: TaskContext, reg: Registry, *, hold: _Hold

@@ -1,0 +1,156 @@
+"""``expire_jobs``' memory pass: while Redis is over ``[memory] budget``, terminal jobs go beyond their age rules.
+
+After its ordinary pass, ``expire_jobs`` reads ``INFO memory``; over the budget
+(``janitor.memory``) it gathers, from the front (lowest score) of every terminal registry
+of every allowed queue, at most ``PER_REGISTRY`` jobs each, planned the ordinary way with
+``[memory] keep_for`` as the age rule of every state (``memory.budget`` in the audit line):
+everything else stays as for any delete (never a live job, dependents that wait, the
+atomic re-check, the lease, the allowlist). They go oldest ended first, ``BATCH`` jobs at a
+time; after each batch the engine applies it (``Barrier``) and ``used_memory`` is read
+again, until it is under the target (``memory.target``). A dry run deletes nothing, so
+there the figure goes down by the ``MEMORY USAGE`` of what would have gone. When the
+candidates run out over the budget, it says so once (``memory_budget_unreachable``).
+A registry's front is its oldest by RQ's score (the end plus the job's TTL), so across
+jobs of different TTLs "oldest ended first" holds among the jobs gathered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import redis
+
+from janitor.actions import Action, Skip
+from janitor.audit import get_logger
+from janitor.leader import Fence
+from janitor.memory import RULE, budget_bytes, read_usage, target
+from janitor.policy import Retention
+from janitor.tasks.base import Decided, Decision, TaskContext
+from janitor.tasks.expire_jobs.registry import Registry
+
+PER_REGISTRY = 200
+"""Jobs gathered from the front of each terminal registry per round."""
+BATCH = 200
+"""Jobs deleted between two readings of ``used_memory``."""
+
+log = get_logger(__name__)
+
+PagePlanner = Callable[
+    [TaskContext, Registry, Sequence[tuple[bytes, bytes]]], Iterator[Action | Skip]
+]
+"""Plans one page of a registry the ordinary way (``ExpireJobs._plan_page``, hold bound)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Barrier:
+    """A decision with nothing to judge: the engine applies every action planned before it first."""
+
+    def __len__(self) -> int:
+        """Nothing to judge."""
+        return 0
+
+    def send(
+        self,
+        client: redis.Redis,  # noqa: ARG002 - the protocol's signature
+        fence: Fence | None,  # noqa: ARG002 - as above
+        *,
+        dry_run: bool,  # noqa: ARG002 - as above
+    ) -> Callable[[], Decided]:
+        """Nothing to send."""
+        return lambda: Decided((), ())
+
+
+def plan_memory(
+    ctx: TaskContext, registries: Iterable[Registry], plan_page: PagePlanner
+) -> Iterator[Action | Skip | Decision]:
+    """Delete for memory while over the budget (see the module); nothing when under it."""
+    usage = read_usage(ctx.client)
+    budget = budget_bytes(ctx.settings.memory, usage.maxmemory)
+    if budget is None or usage.used <= budget:
+        return
+    goal = target(budget)
+    keep = ctx.settings.memory.keep_for
+    jobs = _gather(ctx, [_for_memory(reg, keep) for reg in registries], plan_page)
+    jobs.sort(key=lambda job: -job.age_s)
+    freed = 0
+    for start in range(0, len(jobs), BATCH):
+        batch = jobs[start : start + BATCH]
+        for job in batch:
+            yield from job.actions
+        yield Barrier()
+        if ctx.dry_run:
+            freed += _size(ctx, batch)
+        if read_usage(ctx.client).used - freed <= goal:
+            return
+    log.warning(
+        "memory_budget_unreachable",
+        task="expire_jobs",
+        used_memory=read_usage(ctx.client).used - freed,
+        budget=budget,
+        candidates=len(jobs),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """One job the memory pass would delete: its age and its actions (the delete first)."""
+
+    age_s: float
+    job_key: bytes
+    actions: tuple[Action | Skip, ...]
+
+
+def _for_memory(reg: Registry, keep_for: int) -> Registry:
+    """The registry with ``keep_for`` as the age rule of every state, and no cap."""
+    retention = Retention(keep_for, RULE, None, None)
+    return Registry(
+        reg.queue, reg.name, reg.kind, reg.key, dict.fromkeys(reg.retentions, retention)
+    )
+
+
+def _gather(
+    ctx: TaskContext, registries: Sequence[Registry], plan_page: PagePlanner
+) -> list[_Job]:
+    """Plan the front of every registry; group the actions by job."""
+    pipe = ctx.client.pipeline(transaction=False)
+    for reg in registries:
+        pipe.zrange(
+            reg.key, 0, PER_REGISTRY - 1, withscores=True, score_cast_func=bytes
+        )
+    fronts = pipe.execute(raise_on_error=False)
+    jobs: list[_Job] = []
+    for reg, front in zip(registries, fronts, strict=True):
+        if not isinstance(front, list) or not front:
+            continue
+        current: list[Action | Skip] = []
+        for item in plan_page(ctx, reg, cast("list[tuple[bytes, bytes]]", front)):
+            if isinstance(item, Action) and item.event == "job_deleted":
+                if current:
+                    jobs.append(_job(ctx, current))
+                current = [item]
+            elif current:
+                current.append(item)
+        if current:
+            jobs.append(_job(ctx, current))
+    return jobs
+
+
+def _job(ctx: TaskContext, actions: list[Action | Skip]) -> _Job:
+    first = cast("Action", actions[0])
+    job_id = str(first.fields["job_id"])
+    return _Job(
+        float(cast("int", first.fields["age_s"])),
+        ctx.keys.job(job_id),
+        tuple(actions),
+    )
+
+
+def _size(ctx: TaskContext, batch: Sequence[_Job]) -> int:
+    """What the batch's job hashes and result streams take (``MEMORY USAGE``), for a dry run."""
+    pipe = ctx.client.pipeline(transaction=False)
+    for job in batch:
+        pipe.memory_usage(job.job_key)
+        pipe.memory_usage(ctx.keys.results(job.job_key[len(ctx.keys.job(b"")) :]))
+    return sum(n for n in pipe.execute(raise_on_error=False) if isinstance(n, int))
