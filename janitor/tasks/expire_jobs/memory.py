@@ -2,7 +2,7 @@
 
 After its ordinary pass, ``expire_jobs`` reads ``INFO memory``; over the budget
 (``janitor.memory``) it gathers, from the front (lowest score) of every terminal registry
-of every allowed queue, at most ``PER_REGISTRY`` jobs each, planned the ordinary way with
+of every allowed queue, at most ``PER_REGISTRY`` jobs each (and again, round after round), planned the ordinary way with
 ``[memory] keep_for`` as the age rule of every state (``memory.budget`` in the audit line):
 everything else stays as for any delete (never a live job, dependents that wait, the
 atomic re-check, the lease, the allowlist). They go oldest ended first, ``BATCH`` jobs at a
@@ -11,7 +11,9 @@ again, until it is under the target (``memory.target``). A dry run deletes nothi
 there the figure goes down by the ``MEMORY USAGE`` of what would have gone. When the
 candidates run out over the budget, it says so once (``memory_budget_unreachable``).
 A registry's front is its oldest by RQ's score (the end plus the job's TTL), so across
-jobs of different TTLs "oldest ended first" holds among the jobs gathered.
+jobs of different TTLs "oldest ended first" holds among the jobs gathered; jobs kept for
+ever share one score (``+inf`` for ``result_ttl=-1``, ``-1`` for ``failure_ttl=-1``), and
+Redis orders those by id, not by age.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from typing import cast
 
 import redis
 
-from janitor.actions import Action, Skip
+from janitor.actions import Action, DeleteJob, Skip
 from janitor.audit import get_logger
+from janitor.jobs import format_rq_time
 from janitor.leader import Fence
 from janitor.memory import RULE, budget_bytes, read_usage, target
 from janitor.policy import Retention
@@ -34,6 +37,8 @@ PER_REGISTRY = 200
 """Jobs gathered from the front of each terminal registry per round."""
 BATCH = 200
 """Jobs deleted between two readings of ``used_memory``."""
+MAX_ROUNDS = 1_000
+"""Rounds of gathering per run at most (``PER_REGISTRY`` jobs of each registry per round)."""
 
 log = get_logger(__name__)
 
@@ -72,32 +77,42 @@ def plan_memory(
         return
     goal = target(budget)
     keep = ctx.settings.memory.keep_for
-    jobs = _gather(ctx, [_for_memory(reg, keep) for reg in registries], plan_page)
-    jobs.sort(key=lambda job: -job.age_s)
-    freed = 0
-    for start in range(0, len(jobs), BATCH):
-        batch = jobs[start : start + BATCH]
-        for job in batch:
-            yield from job.actions
-        yield Barrier()
-        if ctx.dry_run:
-            freed += _size(ctx, batch)
-        if read_usage(ctx.client).used - freed <= goal:
-            return
+    chosen = [_for_memory(reg, keep) for reg in registries]
+    freed, done = 0, 0
+    seen: set[bytes] = set()
+    # each round takes the new fronts (what the round before deleted is gone); a dry
+    # run deletes nothing, so it has one round; a job a re-check kept is not tried again
+    for _ in range(1 if ctx.dry_run else MAX_ROUNDS):
+        jobs = [j for j in _gather(ctx, chosen, plan_page) if j.job_key not in seen]
+        if not jobs:
+            break
+        seen.update(job.job_key for job in jobs)
+        jobs.sort(key=lambda job: job.ended)
+        for start in range(0, len(jobs), BATCH):
+            batch = jobs[start : start + BATCH]
+            for job in batch:
+                yield from job.actions
+            yield Barrier()
+            done += len(batch)
+            if ctx.dry_run:
+                freed += _size(ctx, batch)
+            if read_usage(ctx.client).used - freed <= goal:
+                return
     log.warning(
         "memory_budget_unreachable",
         task="expire_jobs",
         used_memory=read_usage(ctx.client).used - freed,
         budget=budget,
-        candidates=len(jobs),
+        deleted=done,
     )
 
 
 @dataclass(frozen=True, slots=True)
 class _Job:
-    """One job the memory pass would delete: its age and its actions (the delete first)."""
+    """One job the memory pass would delete: when it ended and its actions (the delete first)."""
 
-    age_s: float
+    ended: bytes
+    """RQ's ``utcformat`` of its end: fixed width, so it sorts in time order."""
     job_key: bytes
     actions: tuple[Action | Skip, ...]
 
@@ -140,11 +155,11 @@ def _gather(
 def _job(ctx: TaskContext, actions: list[Action | Skip]) -> _Job:
     first = cast("Action", actions[0])
     job_id = str(first.fields["job_id"])
-    return _Job(
-        float(cast("int", first.fields["age_s"])),
-        ctx.keys.job(job_id),
-        tuple(actions),
-    )
+    ended = cast("DeleteJob", first.write).ended_at
+    if not ended:  # canceled and some stopped jobs: their age counts from elsewhere
+        age = float(cast("int", first.fields["age_s"]))
+        ended = format_rq_time(ctx.now - age).encode()
+    return _Job(ended, ctx.keys.job(job_id), tuple(actions))
 
 
 def _size(ctx: TaskContext, batch: Sequence[_Job]) -> int:
