@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -14,6 +15,7 @@ from janitor.config import MemorySettings, Settings
 from janitor.jobs import parse_rq_time
 from janitor.keyspace import Keyspace
 from janitor.memory import budget_bytes, read_usage, target
+from janitor.report import build_report, explain, render_report
 from tests import funcs
 from tests.cli import clean_env, janitor
 from tests.engine_run import run_tasks
@@ -118,3 +120,33 @@ def test_percent_budget_without_maxmemory_exits_78(redis_server: RedisServer) ->
     assert done.returncode == 78, done.stderr
     assert "maxmemory" in done.stderr
     assert "[memory] budget" in done.stderr
+
+
+def test_report_and_explain_show_the_budget(small: RedisServer) -> None:
+    """Over the budget, report says how much it would take and explain marks an old job at risk; nothing is written."""
+    client = small.client()
+    ids = fill(client, 0.6)
+    config = settings("50%")
+    state = snapshot(client)
+    report = build_report(client, config, time.time())
+    explained = explain(client, config, ids[0], time.time())
+    assert_unchanged(state, snapshot(client))
+    budget = report["memory"]["budget"]
+    assert budget["over"] is True
+    assert budget["budget"] == MAXMEMORY // 2
+    assert budget["would_take"]["jobs"] > 0
+    assert "OVER; expire_jobs would delete about" in render_report(report)
+    assert explained["memory"]["at_risk"] is True
+    young = explain(client, settings("50%", keep_for=3600), ids[0], time.time())
+    assert young["memory"]["at_risk"] is False
+
+
+def test_eviction_policy_is_critical_where_rq_data_lives(small: RedisServer) -> None:
+    """An eviction policy on a server holding RQ queues is a critical finding (eviction loses queued jobs)."""
+    client = small.client()
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    Queue("q", connection=client).enqueue(funcs.ok)
+    found = {
+        f["code"]: f for f in build_report(client, Settings(), time.time())["findings"]
+    }
+    assert found["maxmemory_policy"]["severity"] == "critical"

@@ -61,7 +61,7 @@ def findings(
     """The report's ``findings`` list, most important first."""
     return [
         *_suspension_findings(scope),
-        *_server_findings(server),
+        *_server_findings(server, holds_rq_data=bool(queues)),
         *_ttl_findings(queues),
         *_maintenance_findings(scope, queues, workers),
         *_scheduler_findings(scope, queues),
@@ -85,14 +85,17 @@ def _suspension_findings(scope: Scope) -> list[dict[str, Any]]:
     ]
 
 
-def _server_findings(server: dict[str, str]) -> list[dict[str, Any]]:
+def _server_findings(
+    server: dict[str, str], *, holds_rq_data: bool
+) -> list[dict[str, Any]]:
     found = []
     policy, maxmemory = server.get("maxmemory_policy"), server.get("maxmemory")
     if policy not in (None, "unknown", "noeviction"):
         found.append(
             _finding(
                 "maxmemory_policy",
-                "warning",
+                # eviction loses queued jobs: critical where there are any to lose
+                "critical" if holds_rq_data else "warning",
                 f"maxmemory-policy is {policy}: under memory pressure Redis evicts RQ's keys "
                 "(job hashes with a TTL first under volatile-*), leaving registries that "
                 "point at missing jobs (rq#1955)",

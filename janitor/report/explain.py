@@ -22,11 +22,12 @@ from janitor.dependencies import (
     read_waiting,
     waiting_child,
 )
-from janitor.errors import NoSuchJob
+from janitor.errors import ConfigError, NoSuchJob
 from janitor.expiry import TERMINAL_REGISTRY_OF, expiry, terminal_end
 from janitor.jobs import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL
 from janitor.keyspace import Keyspace, iter_queue_names, to_text
 from janitor.liveness import Verdict, WorkerFacts, judge, read_workers
+from janitor.memory import budget_bytes, read_usage
 from janitor.policy import QueueFilter, Retention, retention_for
 from janitor.report.build import DOCS
 from janitor.report.queues import ENDED
@@ -107,7 +108,30 @@ def explain(
             "schedule": settings.schedule["expire_jobs"].text,
         },
         "first": _first(rq_at, jan_at),
+        "memory": _memory_risk(client, settings, job, facts),
     }
+
+
+def _memory_risk(
+    client: redis.Redis, settings: Settings, job: JobInfo, facts: _Facts
+) -> dict[str, Any]:
+    """Whether the memory pass may take the job now (``janitor.memory``): over budget, old enough."""
+    usage = read_usage(client)
+    try:
+        limit = budget_bytes(settings.memory, usage.maxmemory)
+    except ConfigError:
+        limit = None
+    old_enough = (
+        facts.end is not None and facts.now - facts.end >= settings.memory.keep_for
+    )
+    at_risk = (
+        limit is not None
+        and usage.used > limit
+        and job.status in TERMINAL_STATES
+        and facts.allowed
+        and old_enough
+    )
+    return {"used_memory": usage.used, "budget": limit, "at_risk": at_risk}
 
 
 def _round(value: float | None) -> float | None:

@@ -10,10 +10,13 @@ number of keys measured is in the output. ``MEMORY USAGE`` does not touch a key'
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from itertools import chain, zip_longest
 from typing import Any
 
+from janitor.errors import ConfigError
+from janitor.memory import budget_bytes, read_usage, target
 from janitor.report.queues import QueueReport, Scope
 
 MEMORY_BUDGET = 5_000
@@ -33,8 +36,47 @@ def _round_robin(lists: Sequence[Sequence[bytes]]) -> Iterator[bytes]:
     )
 
 
+def budget(scope: Scope, families: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The ``memory.budget`` object: used memory against ``[memory] budget``, and what it would take now.
+
+    ``jobs``/``bytes`` estimate what the memory pass of ``expire_jobs`` would delete now
+    to get under its target: the bytes over it, and as many jobs of the families' mean
+    size (an estimate, like the families').
+    """
+    usage = read_usage(scope.client)
+    try:
+        limit = budget_bytes(scope.settings.memory, usage.maxmemory)
+    except ConfigError as err:
+        return {"used_memory": usage.used, "budget": None, "error": str(err)}
+    if limit is None:
+        return {"used_memory": usage.used, "budget": None}
+    goal = target(limit)
+    over = max(0, usage.used - goal) if usage.used > limit else 0
+    jobs = sum(int(row["jobs"]) for row in families)
+    size = sum(int(row["bytes"]) for row in families)
+    mean = size / jobs if jobs else 0.0
+    return {
+        "used_memory": usage.used,
+        "budget": limit,
+        "target": goal,
+        "over": usage.used > limit,
+        "keep_for_s": scope.settings.memory.keep_for,
+        "would_take": {
+            "bytes": over,
+            "jobs": math.ceil(over / mean) if over and mean else 0,
+        },
+    }
+
+
 def memory(scope: Scope, queues: Sequence[QueueReport]) -> dict[str, Any]:
     """The report's ``memory`` object (docs/report.md)."""
+    found = _families(scope, queues)
+    found["budget"] = budget(scope, found["families"])
+    return found
+
+
+def _families(scope: Scope, queues: Sequence[QueueReport]) -> dict[str, Any]:
+    """The per-family estimate part of ``memory``."""
     families: dict[str, list[QueueReport]] = {}
     for queue in queues:
         families.setdefault(queue.family, []).append(queue)

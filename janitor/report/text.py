@@ -144,9 +144,30 @@ def _rate_limit_lines(limits: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _budget_line(budget: dict[str, Any]) -> list[str]:
+    used = _bytes(budget["used_memory"])
+    if budget.get("error"):
+        return ["", f"Memory: used {used}; [memory] budget: {budget['error']}"]
+    if budget["budget"] is None:
+        return ["", f"Memory: used {used}; no [memory] budget"]
+    line = f"Memory: used {used} of a {_bytes(budget['budget'])} budget"
+    if budget["over"]:
+        take = budget["would_take"]
+        line += (
+            f": OVER; expire_jobs would delete about {take['jobs']} terminal jobs "
+            f"({_bytes(take['bytes'])}), oldest first"
+        )
+    return ["", line]
+
+
 def _memory_lines(memory: dict[str, Any]) -> list[str]:
+    budget = _budget_line(memory["budget"]) if "budget" in memory else []
     if not memory["available"]:
-        return ["", "Memory: MEMORY USAGE is not available on this server."]
+        return [*budget, "", "Memory: MEMORY USAGE is not available on this server."]
+    return budget + _family_lines(memory)
+
+
+def _family_lines(memory: dict[str, Any]) -> list[str]:
     rows = [
         [f["family"], str(f["queues"]), str(f["jobs"]), _bytes(f["bytes"])]
         for f in memory["families"]
@@ -238,6 +259,11 @@ def render_explain(data: dict[str, Any]) -> str:
         f"The janitor deletes it: {_deletion(jan, now)}{schedule}",
         f"First: {data['first'] or 'nobody'}. See {data['docs']}: when is a job deleted?",
     ]
+    if data["memory"]["at_risk"]:
+        lines.append(
+            "At risk now: Redis is over [memory] budget, and expire_jobs deletes jobs "
+            "like this one (older than [memory] keep_for) oldest first until it is under."
+        )
     return "\n".join(lines)
 
 
