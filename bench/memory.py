@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import subprocess
 import sys
 import tempfile
@@ -93,8 +94,14 @@ def main() -> int:
         command += ["expire_jobs", "-c", str(config), "--redis-url", server.url]
         with pinging(server.url) as samples:
             started = time.perf_counter()
-            subprocess.run(command, check=True, capture_output=True)
+            process = subprocess.Popen(
+                command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            _, status, usage = os.wait4(process.pid, 0)
             took = time.perf_counter() - started
+        if os.waitstatus_to_exitcode(status) != 0:
+            print(f"janitor exited with {os.waitstatus_to_exitcode(status)}")
+            return 1
         after = int(client.info("memory")["used_memory"])
         deleted = sum(1 for _ in (workdir / "audit.jsonl").open() if "job_deleted" in _)
         ping = Latency.of(samples)
@@ -111,6 +118,7 @@ def main() -> int:
     print(
         f"PING          p99 {ping.p99_ms:.2f} ms, max {ping.max_ms:.2f} ms ({ping.count:,} pings)"
     )
+    print(f"janitor RSS   peak {usage.ru_maxrss / 1024:.1f} MB")
     return 0
 
 

@@ -11,7 +11,8 @@ again, until it is under the target (``memory.target``). A dry run deletes nothi
 there the figure goes down by the ``MEMORY USAGE`` of what would have gone. When the
 candidates run out over the budget, it says so once (``memory_budget_unreachable``).
 A registry's front is its oldest by RQ's score (the end plus the job's TTL), so across
-jobs of different TTLs "oldest ended first" holds among the jobs gathered; jobs kept for
+jobs of different TTLs "oldest ended first" holds among the jobs gathered (and the registries are gone through
+``GROUP`` at a time, so with many queues it holds within each group); jobs kept for
 ever share one score (``+inf`` for ``result_ttl=-1``, ``-1`` for ``failure_ttl=-1``), and
 Redis orders those by id, not by age.
 """
@@ -38,7 +39,10 @@ PER_REGISTRY = 200
 BATCH = 200
 """Jobs deleted between two readings of ``used_memory``."""
 MAX_ROUNDS = 1_000
-"""Rounds of gathering per run at most (``PER_REGISTRY`` jobs of each registry per round)."""
+"""Rounds of gathering per group of registries at most (``PER_REGISTRY`` jobs of each per round)."""
+GROUP = 50
+"""Registries gathered together (at most ``GROUP * PER_REGISTRY`` jobs held at once): many
+small queues (actinia's per_job ones) are gone through group by group."""
 
 log = get_logger(__name__)
 
@@ -77,34 +81,83 @@ def plan_memory(
         return
     goal = target(budget)
     keep = ctx.settings.memory.keep_for
-    chosen = [_for_memory(reg, keep) for reg in registries]
-    freed, done = 0, 0
-    seen: set[bytes] = set()
+    state = _Progress()
+    for group in _groups(registries):
+        chosen = [_for_memory(reg, keep) for reg in group]
+        yield from _rounds(ctx, chosen, plan_page, state, goal)
+        if state.under(ctx, goal):
+            return
+    log.warning(
+        "memory_budget_unreachable",
+        task="expire_jobs",
+        used_memory=read_usage(ctx.client).used - state.freed,
+        budget=budget,
+        deleted=state.done,
+    )
+
+
+@dataclass
+class _Progress:
+    """What the pass deleted so far, and (dry run) the bytes that would have been freed."""
+
+    done: int = 0
+    freed: int = 0
+    reached: bool = False
+
+    def under(self, ctx: TaskContext, goal: int) -> bool:
+        """Whether ``used_memory`` (less what a dry run would have freed) is at the goal."""
+        self.reached = self.reached or read_usage(ctx.client).used - self.freed <= goal
+        return self.reached
+
+
+def _groups(registries: Iterable[Registry]) -> Iterator[list[Registry]]:
+    """The registries, ``GROUP`` at a time: what one round gathers stays bounded."""
+    group: list[Registry] = []
+    for reg in registries:
+        group.append(reg)
+        if len(group) == GROUP:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def _rounds(
+    ctx: TaskContext,
+    chosen: Sequence[Registry],
+    plan_page: PagePlanner,
+    state: _Progress,
+    goal: int,
+) -> Iterator[Action | Skip | Decision]:
+    """Delete from one group's fronts, round after round, oldest ended first, until under the goal."""
+    kept: set[bytes] = set()
     # each round takes the new fronts (what the round before deleted is gone); a dry
-    # run deletes nothing, so it has one round; a job a re-check kept is not tried again
+    # run deletes nothing, so it has one round; a job a re-check kept (still there after
+    # its round) is not tried again, so a round only holds its own jobs: memory stays flat
     for _ in range(1 if ctx.dry_run else MAX_ROUNDS):
-        jobs = [j for j in _gather(ctx, chosen, plan_page) if j.job_key not in seen]
+        jobs = [j for j in _gather(ctx, chosen, plan_page) if j.job_key not in kept]
         if not jobs:
-            break
-        seen.update(job.job_key for job in jobs)
+            return
         jobs.sort(key=lambda job: job.ended)
         for start in range(0, len(jobs), BATCH):
             batch = jobs[start : start + BATCH]
             for job in batch:
                 yield from job.actions
             yield Barrier()
-            done += len(batch)
+            state.done += len(batch)
             if ctx.dry_run:
-                freed += _size(ctx, batch)
-            if read_usage(ctx.client).used - freed <= goal:
+                state.freed += _size(ctx, batch)
+            if state.under(ctx, goal):
                 return
-    log.warning(
-        "memory_budget_unreachable",
-        task="expire_jobs",
-        used_memory=read_usage(ctx.client).used - freed,
-        budget=budget,
-        deleted=done,
-    )
+        kept |= _still_there(ctx, jobs)
+
+
+def _still_there(ctx: TaskContext, jobs: Sequence[_Job]) -> set[bytes]:
+    """The job hashes of ``jobs`` that exist after their round (their delete was refused)."""
+    pipe = ctx.client.pipeline(transaction=False)
+    for job in jobs:
+        pipe.exists(job.job_key)
+    return {j.job_key for j, n in zip(jobs, pipe.execute(), strict=True) if n}
 
 
 @dataclass(frozen=True, slots=True)
