@@ -10,11 +10,13 @@ control). On Redis and on Valkey.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,7 +170,16 @@ path = "{workdir / "audit.jsonl"}"
     )
     with (workdir / "janitor.stderr").open("wb") as stderr:
         return subprocess.Popen(
-            [sys.executable, "-m", "janitor", "run", "-c", str(config)],
+            [
+                sys.executable,
+                "-m",
+                "janitor",
+                "run",
+                "-c",
+                str(config),
+                "--log-format",
+                "json",
+            ],
             env=clean_env(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -208,6 +219,7 @@ def test_budget_keeps_every_enqueue_working(small: RedisServer, tmp_path: Path) 
         assert drained(client, 120)
         watch.stop.set()
         sampler.join()
+        metrics = scrape(tmp_path / "janitor.stderr")
     finally:
         janitor.terminate()
         janitor.wait(timeout=15)
@@ -215,6 +227,30 @@ def test_budget_keeps_every_enqueue_working(small: RedisServer, tmp_path: Path) 
     ran = {m.decode() for m in cast("set[bytes]", client.smembers(funcs.RAN_KEY))}
     assert set(ids) <= ran, len(set(ids) - ran)
     assert watch.peak < MAXMEMORY
+    assert 0 < sample(metrics, "janitor_redis_used_memory_bytes") < MAXMEMORY
+    assert sample(metrics, "janitor_memory_budget_bytes") == int(0.75 * MAXMEMORY)
+    deleted = 'janitor_actions_total{action="job_deleted",task="expire_jobs"}'
+    assert sample(metrics, deleted) > 0
+
+
+def sample(metrics: str, name: str) -> float:
+    """The value of one series in Prometheus text."""
+    for line in metrics.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    msg = f"no {name} in /metrics"
+    raise AssertionError(msg)
+
+
+def scrape(stderr: Path) -> str:
+    """The daemon's /metrics, at the address its log announced."""
+    for line in stderr.read_text(encoding="utf-8").splitlines():
+        if '"http_listening"' in line:
+            address = json.loads(line)["address"]
+            with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as got:
+                return cast("bytes", got.read()).decode()
+    msg = f"the daemon never listened: {stderr.read_text(encoding='utf-8')[-2000:]}"
+    raise AssertionError(msg)
 
 
 @pytest.mark.usefixtures("workers")
