@@ -254,6 +254,8 @@ class Daemon:
         if budget is not None and usage.used > budget and "expire_jobs" in self.tasks:
             log.info("memory_over_budget", used_memory=usage.used, budget=budget)
             self.metrics.observe(self._task_job("expire_jobs"))
+            with contextlib.suppress(redis.RedisError):  # the next check reads it again
+                self.metrics.set_memory(read_usage(client).used, budget)
 
     def _task_job(self, task: str) -> TaskRun:
         with self._task_lock:

@@ -166,6 +166,12 @@ class Metrics:
             "[memory] budget in bytes at the last memory check (absent: no budget).",
             registry=self.registry,
         )
+        self._over = Gauge(
+            "janitor_memory_over_budget",
+            "1 while Redis stays over [memory] budget after the janitor's memory pass "
+            "(only live and young jobs left), else 0.",
+            registry=self.registry,
+        )
         self._backlog = _BacklogCollector()
         self.registry.register(self._backlog)
         self._lock = threading.Lock()
@@ -197,6 +203,7 @@ class Metrics:
         self._used_memory.set(used)
         if budget is not None:
             self._budget.set(budget)
+            self._over.set(1.0 if used > budget else 0.0)
 
     def set_backlog(self, backlog: Mapping[tuple[str, str], float]) -> None:
         """Replace the backlog gauge with a fresh (queue, state) -> age snapshot."""

@@ -229,6 +229,7 @@ def test_budget_keeps_every_enqueue_working(small: RedisServer, tmp_path: Path) 
     assert watch.peak < MAXMEMORY
     assert 0 < sample(metrics, "janitor_redis_used_memory_bytes") < MAXMEMORY
     assert sample(metrics, "janitor_memory_budget_bytes") == int(0.75 * MAXMEMORY)
+    assert sample(metrics, "janitor_memory_over_budget") == 0
     deleted = 'janitor_actions_total{action="job_deleted",task="expire_jobs"}'
     assert sample(metrics, deleted) > 0
 
