@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -344,6 +345,39 @@ def explain_command(  # noqa: PLR0913 - one parameter per documented option
 
 
 @main.command()
+@global_options
+@click.pass_context
+@_handled
+def healthcheck(
+    ctx: click.Context,
+    config: str | None,
+    redis_url: str | None,
+    log_format: str | None,
+) -> int:
+    """Ask the daemon's /healthz at [http] listen (the container's HEALTHCHECK): exit 0 if it answers 200."""
+    settings = _load(ctx, config, redis_url, log_format)
+    url = f"http://{local_address(settings.http.listen)}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=HEALTHCHECK_TIMEOUT_S) as answer:
+            status = int(answer.status)
+    except (OSError, ValueError) as err:
+        click.echo(f"unhealthy: {url}: {err}", err=True)
+        return EXIT_TASK_FAILED
+    click.echo(f"healthy: {url}: {status}")
+    return EXIT_OK
+
+
+def local_address(listen: str) -> str:
+    """``[http] listen`` as this host reaches it: a wildcard bind is asked on loopback."""
+    host, _, port = listen.rpartition(":")
+    if host in ("0.0.0.0", ""):  # noqa: S104 - a bind address read, not bound
+        host = "127.0.0.1"
+    elif host in ("[::]", "::"):
+        host = "[::1]"
+    return f"{host}:{port}"
+
+
+@main.command()
 @click.option(
     "--keep",
     is_flag=True,
@@ -367,5 +401,8 @@ def demo(
     configure_logging(options.log_format or "auto")
     return run_demo(keep=keep)
 
+
+HEALTHCHECK_TIMEOUT_S = 4
+"""Inside the image's HEALTHCHECK timeout (5 s)."""
 
 __all__ = ["main"]

@@ -28,7 +28,7 @@ from janitor.daemon import STOP_DEADLINE_S
 from janitor.keyspace import Keyspace
 from tests import funcs
 from tests.bulk import fill_finished
-from tests.cli import clean_env
+from tests.cli import clean_env, janitor
 from tests.funcs import work
 from tests.servers import RedisServer, free_port
 
@@ -597,13 +597,14 @@ class TestArtifacts:
     def test_dockerfile_copies_files_that_exist_and_runs_janitor_as_non_root(
         self, repo_root: Path
     ) -> None:
-        """Slim python:3.11 stages, files that exist and survive .dockerignore, a numeric non-root user, `janitor run`."""
+        """Stages on the BASE build argument (python:3.11-slim), files that exist and survive .dockerignore, a numeric non-root user, `janitor run`."""
         instructions = dockerfile_instructions(repo_root / "Dockerfile")
         keywords = [keyword for keyword, _ in instructions]
-        assert keywords[0] == "FROM"
+        assert keywords[:2] == ["ARG", "FROM"]
+        assert dict(instructions)["ARG"] == "BASE=python:3.11-slim"
         for keyword, args in instructions:
             if keyword == "FROM":
-                assert args.split()[0] == "python:3.11-slim"
+                assert args.split()[0] == "${BASE}"
         patterns = [
             line.strip()
             for line in (repo_root / ".dockerignore").read_text().splitlines()
@@ -634,21 +635,19 @@ class TestArtifacts:
         assert json.loads(dict(instructions)["ENTRYPOINT"]) == ["janitor"]
         assert json.loads(dict(instructions)["CMD"]) == ["run"]
 
-    def test_dockerfile_healthcheck_asks_healthz_with_python(
+    def test_dockerfile_healthcheck_is_janitor_healthcheck(
         self, repo_root: Path, tmp_path: Path
     ) -> None:
-        """The HEALTHCHECK is valid Python that asks /healthz on the port the image's config listens on."""
+        """The HEALTHCHECK runs `janitor healthcheck`, which reads the image's config (its port is the one exposed)."""
         instructions = dict(dockerfile_instructions(repo_root / "Dockerfile"))
         healthcheck = instructions["HEALTHCHECK"]
         command = json.loads(healthcheck[healthcheck.index("CMD") + 3 :])
-        assert command[:2] == ["python", "-c"]
-        compile(command[2], "HEALTHCHECK", "exec")
+        assert command == ["janitor", "healthcheck"]
         settings = load_config(
             (repo_root / "deploy/container/janitor.toml").read_text(), tmp_path
         )
         port = settings.http.listen.rpartition(":")[2]
         assert settings.http.listen.startswith("0.0.0.0:")
-        assert f"127.0.0.1:{port}/healthz" in command[2]
         assert instructions["EXPOSE"] == port
         config_path = instructions["ENV"].split("JANITOR_CONFIG=")[1].split()[0]
         assert f"deploy/container/janitor.toml {config_path}" in " ".join(
@@ -774,3 +773,40 @@ class TestArtifacts:
             if path.is_file() and not path.name.endswith(".txt"):
                 relative = path.relative_to(repo_root).as_posix()
                 assert relative in section, relative
+
+
+def test_healthcheck_follows_the_configured_listen_address(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """`janitor healthcheck` asks /healthz where [http] listen says (a moved port too): 0 while up, 1 once stopped."""
+    port = free_port()
+    config = tmp_path / "moved.toml"
+    config.write_text(
+        f'[redis]\nurl = "{redis_server.url}"\n[http]\nlisten = "0.0.0.0:{port}"\n'
+        f'[audit]\npath = "{tmp_path / "audit.jsonl"}"\n',
+        encoding="utf-8",
+    )
+    env = clean_env()
+    with (tmp_path / "daemon.stderr").open("wb") as stderr:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "janitor", "run", "-c", str(config)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        healthy = wait_for(
+            lambda: janitor("healthcheck", "-c", str(config), env=env).returncode == 0,
+            20,
+            "the daemon to be healthy",
+        )
+        assert healthy
+        done = janitor("healthcheck", "-c", str(config), env=env)
+        assert f"127.0.0.1:{port}/healthz" in done.stdout
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=15)
+    stopped = janitor("healthcheck", "-c", str(config), env=env)
+    assert stopped.returncode == 1
+    assert "unhealthy" in stopped.stderr
