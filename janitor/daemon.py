@@ -93,6 +93,17 @@ def serve(settings: Settings) -> int:
     return Daemon(settings, backlog=backlog).run()
 
 
+def interval_of(schedule: Schedule) -> float:
+    """Seconds between two runs of a ``[schedule]`` entry (a cron line: its next two runs)."""
+    if schedule.interval_s is not None:
+        return float(schedule.interval_s)
+    trigger = trigger_for(schedule)
+    now = datetime.now(UTC)
+    first = trigger.get_next_fire_time(None, now)
+    second = trigger.get_next_fire_time(first, first + timedelta(seconds=1))
+    return (second - first).total_seconds() if first and second else 0.0
+
+
 def trigger_for(schedule: Schedule) -> IntervalTrigger | CronTrigger:
     """Return the APScheduler trigger (UTC) for a ``[schedule]`` entry."""
     if schedule.interval_s is not None:
@@ -117,6 +128,9 @@ class Daemon:
         self.settings = settings
         self.tasks = tuple(name for name in TASKS if name in settings.schedule)
         self.metrics = Metrics(self.tasks)
+        self.metrics.set_intervals(
+            {task: interval_of(settings.schedule[task]) for task in self.tasks}
+        )
         self._backlog = backlog
         self._stopping = threading.Event()
         self.leadership = Leadership(settings, self._stopping)

@@ -151,6 +151,12 @@ class Metrics:
             ("task",),
             registry=self.registry,
         )
+        self._interval = Gauge(
+            "janitor_task_interval_seconds",
+            "How often the task is scheduled ([schedule]; a cron line: the gap between its next two runs).",
+            ("task",),
+            registry=self.registry,
+        )
         self._leader = Gauge(
             "janitor_leader",
             "1 while this replica holds the leader lease, else 0.",
@@ -193,6 +199,11 @@ class Metrics:
             if run.outcome == "ok":
                 self._last_ok[run.task] = run
                 self._last_success.labels(run.task).set(run.finished_at)
+
+    def set_intervals(self, intervals: Mapping[str, float]) -> None:
+        """Set each task's schedule interval (for staleness alerts: last success older than three of them)."""
+        for task, seconds in intervals.items():
+            self._interval.labels(task).set(seconds)
 
     def track_leader(self, is_leader: Callable[[], bool]) -> None:
         """Read ``janitor_leader`` from ``is_leader`` at every scrape."""
