@@ -13,9 +13,15 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/rq-janitor
 WORKDIR /src
+# The dependencies and the build backend at the versions the tests ran (requirements/image.txt,
+# written by scripts/lock), hash-checked; then the package itself, built without isolation so
+# nothing unlocked is fetched; the build backend leaves again.
+COPY requirements/image.txt requirements/image.txt
+RUN /opt/rq-janitor/bin/pip install --require-hashes --no-deps -r requirements/image.txt
 COPY pyproject.toml README.md ./
 COPY janitor/ janitor/
-RUN /opt/rq-janitor/bin/pip install .
+RUN /opt/rq-janitor/bin/pip install --no-deps --no-build-isolation . \
+ && /opt/rq-janitor/bin/pip uninstall --yes hatchling pathspec pluggy trove-classifiers
 
 FROM ${BASE}
 LABEL org.opencontainers.image.title="rq-janitor" \
