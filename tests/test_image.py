@@ -68,7 +68,9 @@ def podman(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
         timeout=600,
     )
     # earlier builds' layers no tag names any more: gone, so runs do not fill the disk
-    subprocess.run([*command, "image", "prune", "--force"], capture_output=True, check=False)
+    subprocess.run(
+        [*command, "image", "prune", "--force"], capture_output=True, check=False
+    )
     return command
 
 
