@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -74,6 +74,8 @@ def allows_failure(raw: bytes | None) -> bool:
 
 MAX_PARENTS = 100
 """A deferred job with more parents than this is not judged (it counts as waiting)."""
+DEFERRED_FIELDS = ("status", "allow_dependency_failures", "origin", "rate_limit_key")
+"""The fields read of a deferred job (never its payload)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +86,11 @@ class Deferred:
     allow: bytes | None
     """``allow_dependency_failures`` as stored (None: absent)."""
     parents: dict[bytes, bytes | None]
-    """Parent id -> status as stored (None: the hash is gone)."""
+    """Parent id -> status as stored, or as assumed (None: the hash is gone)."""
     verdict: Verdict
+    origin: bytes | None = None
+    rate_limit_key: bytes | None = None
+    """RQ 3's rate limit of the job, if any (empty as stored: None)."""
 
     @property
     def why(self) -> str:
@@ -106,35 +111,42 @@ class Deferred:
 
 
 def read_deferred(
-    client: redis.Redis, keys: Keyspace, job_ids: Sequence[bytes]
+    client: redis.Redis,
+    keys: Keyspace,
+    job_ids: Sequence[bytes],
+    *,
+    assume: Mapping[bytes, bytes] | None = None,
 ) -> list[Deferred]:
-    """Read each job's ``allow_dependency_failures``, status and parents, and judge it.
+    """Read each job's fields and parents' statuses, and judge it.
 
-    Jobs no longer ``deferred``, or with more than ``MAX_PARENTS`` parents, are left out.
+    ``assume``: parent id -> the status to judge by instead of the stored one (a parent
+    the janitor is about to fail). Jobs no longer ``deferred``, or with more than
+    ``MAX_PARENTS`` parents, are left out.
     """
     pipe = client.pipeline(transaction=False)
     for job_id in job_ids:
-        pipe.hmget(keys.job(job_id), ["status", "allow_dependency_failures"])
+        pipe.hmget(keys.job(job_id), DEFERRED_FIELDS)
         pipe.srandmember(keys.dependencies(job_id), MAX_PARENTS + 1)
     replies = pipe.execute(raise_on_error=False)
-    read: list[tuple[bytes, bytes | None, list[bytes]]] = []
+    read: list[tuple[bytes, list[bytes | None], list[bytes]]] = []
     for index, job_id in enumerate(job_ids):
         fields, parents = replies[2 * index : 2 * index + 2]
         if isinstance(fields, Exception) or isinstance(parents, Exception):
             continue
-        status, allow = cast("list[bytes | None]", fields)
-        if status == b"deferred" and len(parents) <= MAX_PARENTS:
-            read.append((job_id, allow, sorted(cast("list[bytes]", parents))))
+        values = cast("list[bytes | None]", fields)
+        if values[0] == b"deferred" and len(parents) <= MAX_PARENTS:
+            read.append((job_id, values, sorted(cast("list[bytes]", parents))))
     pipe = client.pipeline(transaction=False)
     for _, _, parents in read:
         for parent in parents:
             pipe.hget(keys.job(parent), "status")
     statuses = iter(pipe.execute(raise_on_error=False))
     found = []
-    for job_id, allow, parents in read:
+    for job_id, (_, allow, origin, limit), parents in read:
         known = {
             p: s if isinstance(s := next(statuses), bytes) else None for p in parents
         }
+        known.update((p, s) for p, s in (assume or {}).items() if p in known)
         fate = verdict(
             allow_failure=allows_failure(allow),
             parents=[
@@ -142,7 +154,7 @@ def read_deferred(
                 for s in known.values()
             ],
         )
-        found.append(Deferred(job_id, allow, known, fate))
+        found.append(Deferred(job_id, allow, known, fate, origin, limit or None))
     return found
 
 

@@ -67,6 +67,11 @@ class Slots:
         return [keys[n] for n in self.keys], [args[n] for n in self.args]
 
 
+def present(value: bytes | None) -> bytes:
+    """A field as the re-checking scripts compare it: ``+<value>``, or empty when absent."""
+    return b"" if value is None else b"+" + value
+
+
 BATCH_HEAD = Slots(keys=("lease",), args=("token", "count"))
 """The head of a batch write script's call: the lease and its token, the number of writes."""
 BATCH_HEAD_NOW = Slots(keys=("lease",), args=("token", "now", "count"))
@@ -905,15 +910,16 @@ return out
 _PARENTS_AS_PLANNED = """
 -- Whether a deferred job's dependencies set holds exactly the planned parents, each with
 -- its planned status ('+' .. status, '' when its hash is gone): the facts
--- janitor/dependencies.py judged at plan time.
-local function parents_as_planned(dependencies, parent_keys, parent_ids, planned)
-  if redis.call('SCARD', dependencies) ~= #parent_ids then return false end
-  for p = 1, #parent_ids do
-    local key = parent_keys[p]
-    if redis.call('SISMEMBER', dependencies, parent_ids[p]) ~= 1 then return false end
+-- janitor/dependencies.py judged at plan time. The n parents' job hashes are in KEYS from
+-- keys0; their ids and planned statuses, in pairs, in ARGV from args0.
+local function parents_as_planned(dependencies, keys0, args0, n)
+  if redis.call('SCARD', dependencies) ~= n then return false end
+  for p = 0, n - 1 do
+    local key, parent, planned = KEYS[keys0 + p], ARGV[args0 + 2 * p], ARGV[args0 + 2 * p + 1]
+    if redis.call('SISMEMBER', dependencies, parent) ~= 1 then return false end
     if redis.call('EXISTS', key) == 1 and redis.call('TYPE', key)['ok'] ~= 'hash' then return false end
     local status = redis.call('HGET', key, 'status')
-    if (status and ('+' .. status) or '') ~= planned[p] then return false end
+    if (status and ('+' .. status) or '') ~= planned then return false end
   end
   return true
 end
@@ -952,17 +958,12 @@ CANCEL_STUCK_JOBS = (
   local parents0, pargs0 = k + {len(STUCK_JOB.keys)}, a + {len(STUCK_JOB.args)}
 """
     + """
-  local parent_keys, parent_ids, planned = {}, {}, {}
-  for p = 0, nparents - 1 do
-    parent_keys[p + 1] = KEYS[parents0 + p]
-    parent_ids[p + 1], planned[p + 1] = ARGV[pargs0 + 2 * p], ARGV[pargs0 + 2 * p + 1]
-  end
   local done = 0
   if writable(dependencies, 'set') and writable(deferred, 'zset') and writable(queue, 'list')
       and writable(canceled, 'zset') and redis.call('TYPE', job)['ok'] == 'hash'
       and redis.call('HGET', job, 'status') == 'deferred'
       and field(job, 'allow_dependency_failures') == allow
-      and parents_as_planned(dependencies, parent_keys, parent_ids, planned) then
+      and parents_as_planned(dependencies, parents0, pargs0, nparents) then
     redis.call('HSET', job, 'status', 'canceled')
     redis.call('LREM', queue, 1, id)
     redis.call('ZREM', deferred, id)
@@ -1012,11 +1013,6 @@ ENQUEUE_DEPENDENTS = (
   local parents0, pargs0 = k + {len(DEPENDENT.keys)}, a + {len(DEPENDENT.args)}
 """
     + """
-  local parent_keys, parent_ids, planned = {}, {}, {}
-  for p = 0, nparents - 1 do
-    parent_keys[p + 1] = KEYS[parents0 + p]
-    parent_ids[p + 1], planned[p + 1] = ARGV[pargs0 + 2 * p], ARGV[pargs0 + 2 * p + 1]
-  end
   local ok = writable(trigger, 'set') and writable(dependencies, 'set')
     and writable(deferred, 'zset') and writable(queue, 'list')
     and redis.call('TYPE', job)['ok'] == 'hash'
@@ -1025,7 +1021,7 @@ ENQUEUE_DEPENDENTS = (
     ok = h[1] == 'deferred' and h[2] == origin and (not h[3] or h[3] == '')
       and redis.call('SISMEMBER', trigger, id) == 1
       and field(job, 'allow_dependency_failures') == allow
-      and parents_as_planned(dependencies, parent_keys, parent_ids, planned)
+      and parents_as_planned(dependencies, parents0, pargs0, nparents)
   end
   local done = 0
   if ok then

@@ -178,3 +178,19 @@ class DecidingTask(Task, Protocol):
     def decide(self, ctx: TaskContext) -> Iterator[Action | Skip | Decision]:
         """Yield actions and skips as ``plan`` does, and decisions for the plain cases."""
         ...
+
+
+def first_seen(recorded: bytes | None, mark: bytes) -> float | None:
+    """When a janitor sighting (``b"<time> <mark>"``, janitor state) first saw these very facts.
+
+    ``mark`` is what the sighting must have been taken on (a score, a fingerprint); None
+    when there is no sighting, it was of other facts, or it is not what the janitor
+    writes (so the sighting starts over).
+    """
+    if recorded is None:
+        return None
+    when, _, seen_mark = recorded.partition(b" ")
+    try:
+        return float(when) if seen_mark == mark else None
+    except ValueError:
+        return None

@@ -74,7 +74,7 @@ from janitor.audit import get_logger
 from janitor.jobs import TERMINAL_RAW
 from janitor.keyspace import Layout, to_text
 from janitor.leader import Fence
-from janitor.tasks.base import TaskContext
+from janitor.tasks.base import TaskContext, first_seen
 from janitor.tasks.indexes import plan_indexes
 from janitor.tasks.ratelimits import plan_limits
 from janitor.tasks.ready import plan_ready
@@ -440,7 +440,7 @@ class _QueuePlan:
     def _sighting(
         self, key: bytes, member: bytes, score: bytes, seen: bytes | None
     ) -> None:
-        first = _first_seen(seen, score)
+        first = first_seen(seen, score)
         if first is not None and self.ctx.now - first >= SECOND_LOOK_S:
             self._step(b"gone", "scheduled", key, member, score)
         elif first is None and not self.full:
@@ -477,17 +477,6 @@ class _QueuePlan:
                     self._step(
                         b"wip", "started", key, member, repr(self.ctx.now).encode()
                     )
-
-
-def _first_seen(seen: bytes | None, score: bytes) -> float | None:
-    """When the janitor first saw a scheduled id dangling with this score, if it did."""
-    if seen is None:
-        return None
-    when, _, seen_score = seen.partition(b" ")
-    try:
-        return float(when) if seen_score == score else None
-    except ValueError:
-        return None  # not what the janitor writes: start over
 
 
 def _stale_started(member: bytes, replies: Sequence[object]) -> bool:

@@ -15,37 +15,49 @@ never run). A rate-limited dependent (RQ 3) is left for RQ's rate limiter.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar, cast
 
 from janitor import scripts
 from janitor.actions import Action, Arg, ScriptBatch, Skip
-from janitor.dependencies import Verdict, allows_failure, verdict
+from janitor.dependencies import Deferred, Verdict, read_deferred
 from janitor.jobs import MAX_CHILDREN_CHECKED, format_rq_time
 from janitor.keyspace import to_text
 from janitor.tasks.base import TaskContext
 from janitor.tasks.ready import DEFAULT_TIMEOUT_S
 
 EVENT = "dependent_enqueued"
-CHILD_FIELDS = ("status", "origin", "allow_dependency_failures", "rate_limit_key")
 
 
 @dataclass(frozen=True, slots=True)
-class EnqueueDependent(ScriptBatch):
-    """Enqueue one deferred job if every planned fact still holds; see ``scripts.ENQUEUE_DEPENDENTS``."""
+class DeferredWrite(ScriptBatch):
+    """A write on one deferred job whose script re-checks its planned parents (``parents_as_planned``).
+
+    The subclass names its script (``source``) and the per-job layout (``item``); the
+    parents (job hash, id, planned status) follow that layout in KEYS and ARGV.
+    """
 
     keys: dict[str, bytes]
     args: dict[str, Arg]
     parents: tuple[tuple[bytes, bytes, bytes], ...]
     """(job hash, id, planned status as ``+<status>`` or empty) per parent."""
 
-    source: ClassVar[str] = scripts.ENQUEUE_DEPENDENTS
-    what: ClassVar[str] = "dependent enqueues"
+    item: ClassVar[scripts.Slots]
+
+    @staticmethod
+    def planned(
+        ctx: TaskContext, job: Deferred
+    ) -> tuple[tuple[bytes, bytes, bytes], ...]:
+        """``parents`` for a job as ``dependencies.read_deferred`` judged it."""
+        return tuple(
+            (ctx.keys.job(parent), parent, scripts.present(status))
+            for parent, status in sorted(job.parents.items())
+        )
 
     def encode(self) -> tuple[list[bytes], list[Arg]]:
-        """Keys and arguments per ``scripts.DEPENDENT``, then the parents."""
-        keys, args = scripts.DEPENDENT.encode(
+        """Keys and arguments per ``item``, then the parents."""
+        keys, args = self.item.encode(
             self.keys, {**self.args, "nparents": len(self.parents)}
         )
         keys += [key for key, _, _ in self.parents]
@@ -54,108 +66,65 @@ class EnqueueDependent(ScriptBatch):
         return keys, args
 
 
+@dataclass(frozen=True, slots=True)
+class EnqueueDependent(DeferredWrite):
+    """Enqueue one deferred job if every planned fact still holds; see ``scripts.ENQUEUE_DEPENDENTS``."""
+
+    source: ClassVar[str] = scripts.ENQUEUE_DEPENDENTS
+    what: ClassVar[str] = "dependent enqueues"
+    item: ClassVar[scripts.Slots] = scripts.DEPENDENT
+
+
 def plan_dependents(
     ctx: TaskContext, task: str, parent: bytes, *, parent_status: str
 ) -> Iterator[Action | Skip]:
     """Plan the enqueue of ``parent``'s dependents that are ready once it has ``parent_status``."""
-    keys, client = ctx.keys, ctx.client
     children = cast(
         "list[bytes]",
-        client.srandmember(keys.dependents(parent), MAX_CHILDREN_CHECKED + 1),
+        ctx.client.srandmember(ctx.keys.dependents(parent), MAX_CHILDREN_CHECKED + 1),
     )
     if len(children) > MAX_CHILDREN_CHECKED:
         where = {"job_id": to_text(parent)}
         yield Skip(task, "too many dependents to enqueue them one by one", where)
         return
-    pipe = client.pipeline(transaction=False)
-    for child in children:
-        pipe.hmget(keys.job(child), CHILD_FIELDS)
-        pipe.smembers(keys.dependencies(child))
-    replies = pipe.execute(raise_on_error=False)
-    for index, child in enumerate(children):
-        fields, parents = replies[2 * index : 2 * index + 2]
-        if isinstance(fields, Exception) or isinstance(parents, Exception):
-            continue
-        facts = _Child(
-            child,
-            cast("list[bytes | None]", fields),
-            sorted(cast("set[bytes]", parents)),
-        )
-        yield from _plan_child(
-            ctx, task, facts, parent=parent, parent_status=parent_status
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class _Child:
-    """A dependent as read: its id, ``CHILD_FIELDS`` and its parents' ids."""
-
-    id: bytes
-    fields: Sequence[bytes | None]
-    parents: Sequence[bytes]
+    assume = {parent: parent_status.encode()}
+    for child in read_deferred(ctx.client, ctx.keys, children, assume=assume):
+        yield from _plan_child(ctx, task, child, parent=parent)
 
 
 def _plan_child(
-    ctx: TaskContext,
-    task: str,
-    facts: _Child,
-    *,
-    parent: bytes,
-    parent_status: str,
+    ctx: TaskContext, task: str, child: Deferred, *, parent: bytes
 ) -> Iterator[Action | Skip]:
-    child, parents = facts.id, facts.parents
-    status, origin, allow, limit = facts.fields
-    if status != b"deferred" or origin is None or parent not in parents:
+    origin = child.origin
+    if origin is None or parent not in child.parents:
         return  # not waiting on this parent (RQ would not enqueue it either)
+    if not ctx.allows_queue(to_text(origin)) or child.verdict is not Verdict.READY:
+        return
     where = {
         "queue": to_text(origin),
-        "job_id": to_text(child),
+        "job_id": to_text(child.job_id),
         "parent": to_text(parent),
     }
-    if not ctx.allows_queue(to_text(origin)):
-        return
-    statuses = _statuses(ctx, parents)
-    planned = {**statuses, parent: parent_status.encode()}
-    fate = verdict(
-        allow_failure=allows_failure(allow),
-        parents=[None if s is None else s.decode() for s in planned.values()],
-    )
-    if fate is not Verdict.READY:
-        return
-    if limit:
+    if child.rate_limit_key:
         yield Skip(task, "a rate-limited dependent waits for RQ's rate limiter", where)
         return
-    keys = ctx.keys
+    keys, job_id = ctx.keys, child.job_id
     write = EnqueueDependent(
         keys={
             "trigger": keys.dependents(parent),
-            "job": keys.job(child),
-            "dependencies": keys.dependencies(child),
+            "job": keys.job(job_id),
+            "dependencies": keys.dependencies(job_id),
             "deferred": keys.deferred(origin),
             "queue": keys.queue(origin),
-            "dependents": keys.dependents(child),
+            "dependents": keys.dependents(job_id),
         },
         args={
-            "id": child,
+            "id": job_id,
             "origin": origin,
-            "allow": b"" if allow is None else b"+" + allow,
+            "allow": scripts.present(child.allow),
             "enqueued_at": format_rq_time(ctx.now).encode(),
             "default_timeout": DEFAULT_TIMEOUT_S,
         },
-        parents=tuple(
-            (keys.job(p), p, b"" if s is None else b"+" + s) for p, s in planned.items()
-        ),
+        parents=EnqueueDependent.planned(ctx, child),
     )
     yield Action(task, EVENT, where, write)
-
-
-def _statuses(ctx: TaskContext, parents: Sequence[bytes]) -> dict[bytes, bytes | None]:
-    """Each parent's status as stored (None: its hash is gone)."""
-    pipe = ctx.client.pipeline(transaction=False)
-    for parent in parents:
-        pipe.hget(ctx.keys.job(parent), "status")
-    replies = pipe.execute(raise_on_error=False)
-    return {
-        parent: reply if isinstance(reply, bytes) else None
-        for parent, reply in zip(parents, replies, strict=True)
-    }

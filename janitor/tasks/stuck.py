@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from typing import ClassVar, cast
 
 from janitor import scripts
-from janitor.actions import Action, Arg, ScriptBatch, SetJanitorState
+from janitor.actions import Action, SetJanitorState
 from janitor.dependencies import Deferred, Verdict, read_deferred
 from janitor.keyspace import to_text
-from janitor.tasks.base import TaskContext
+from janitor.tasks.base import TaskContext, first_seen
+from janitor.tasks.dependents import DeferredWrite
 
 MAX_PER_QUEUE = 1_000
 """Deferred entries judged per queue and run."""
@@ -35,26 +36,12 @@ EVENT = "deferred_canceled"
 
 
 @dataclass(frozen=True, slots=True)
-class CancelStuck(ScriptBatch):
+class CancelStuck(DeferredWrite):
     """Cancel one stuck deferred job if every planned fact still holds; see ``scripts.CANCEL_STUCK_JOBS``."""
-
-    keys: dict[str, bytes]
-    args: dict[str, Arg]
-    parents: tuple[tuple[bytes, bytes, bytes], ...]
-    """(job hash, id, planned status as ``+<status>`` or empty) per parent."""
 
     source: ClassVar[str] = scripts.CANCEL_STUCK_JOBS
     what: ClassVar[str] = "stuck-job cancels"
-
-    def encode(self) -> tuple[list[bytes], list[Arg]]:
-        """Keys and arguments per ``scripts.STUCK_JOB``, then the parents."""
-        keys, args = scripts.STUCK_JOB.encode(
-            self.keys, {**self.args, "nparents": len(self.parents)}
-        )
-        keys += [key for key, _, _ in self.parents]
-        for _, parent_id, status in self.parents:
-            args += [parent_id, status]
-        return keys, args
+    item: ClassVar[scripts.Slots] = scripts.STUCK_JOB
 
 
 def fingerprint(job: Deferred) -> bytes:
@@ -84,7 +71,7 @@ def plan_stuck(ctx: TaskContext, task: str, queue: bytes) -> Iterator[Action]:
         pipe.get(keys.stuck_sighting(job.job_id))
     for job, seen in zip(stuck, pipe.execute(), strict=True):
         mark = fingerprint(job)
-        first = _first_seen(cast("bytes | None", seen), mark)
+        first = first_seen(cast("bytes | None", seen), mark)
         if first is None:
             value = repr(ctx.now).encode() + b" " + mark
             record = SetJanitorState(
@@ -93,17 +80,6 @@ def plan_stuck(ctx: TaskContext, task: str, queue: bytes) -> Iterator[Action]:
             yield Action(task, None, {"queue": to_text(queue)}, record)
         elif ctx.now - first >= SECOND_LOOK_S:
             yield _cancel(ctx, task, queue, job)
-
-
-def _first_seen(seen: bytes | None, mark: bytes) -> float | None:
-    """When the janitor first saw the job stuck on these very facts, if it did."""
-    if seen is None:
-        return None
-    when, _, seen_mark = seen.partition(b" ")
-    try:
-        return float(when) if seen_mark == mark else None
-    except ValueError:
-        return None  # not what the janitor writes: start over
 
 
 def _cancel(ctx: TaskContext, task: str, queue: bytes, job: Deferred) -> Action:
@@ -118,13 +94,10 @@ def _cancel(ctx: TaskContext, task: str, queue: bytes, job: Deferred) -> Action:
         },
         args={
             "id": job.job_id,
-            "allow": b"" if job.allow is None else b"+" + job.allow,
+            "allow": scripts.present(job.allow),
             "score": str(int(ctx.now)).encode(),
         },
-        parents=tuple(
-            (keys.job(p), p, b"" if s is None else b"+" + s)
-            for p, s in sorted(job.parents.items())
-        ),
+        parents=CancelStuck.planned(ctx, job),
     )
     fields = {"queue": to_text(queue), "job_id": to_text(job.job_id), "reason": job.why}
     return Action(task, EVENT, fields, write)

@@ -259,8 +259,8 @@ def _judge_ghost(
         found.type_,
         found.key,
         ghost=True,
-        status=_present(status),
-        heartbeat=_present(heartbeat),
+        status=scripts.present(status),
+        heartbeat=scripts.present(heartbeat),
     )
     yield _deleted(found, write)
 
@@ -276,11 +276,6 @@ def _any_waiting(ctx: TaskContext, children: Sequence[bytes]) -> bool:
         or (status is not None and status not in TERMINAL_RAW)
         for status in statuses
     )
-
-
-def _present(value: bytes | None) -> bytes:
-    """How the Lua re-check sees a field: ``+<value>`` when present, empty when absent."""
-    return b"" if value is None else b"+" + value
 
 
 def _deleted(found: _Candidate, write: DeleteOrphan) -> Action:
