@@ -44,3 +44,26 @@ def run_once_cli(
 def audit_lines(path: Path) -> list[dict[str, Any]]:
     """The JSON lines of an audit log file."""
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def daemon(
+    config_file: Path, stderr_path: Path, *, python: str = sys.executable
+) -> subprocess.Popen[bytes]:
+    """Start ``python -m janitor run -c FILE`` (the daemon, logging JSON to ``stderr_path``) with a clean environment."""
+    with stderr_path.open("wb") as stderr:
+        return subprocess.Popen(
+            [
+                python,
+                "-m",
+                "janitor",
+                "run",
+                "-c",
+                str(config_file),
+                "--log-format",
+                "json",
+            ],
+            env=clean_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )

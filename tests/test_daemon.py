@@ -28,7 +28,7 @@ from janitor.daemon import STOP_DEADLINE_S
 from janitor.keyspace import Keyspace
 from tests import funcs
 from tests.bulk import fill_finished
-from tests.cli import clean_env, janitor
+from tests.cli import clean_env, daemon, janitor
 from tests.funcs import work
 from tests.servers import RedisServer, free_port
 
@@ -787,14 +787,7 @@ def test_healthcheck_follows_the_configured_listen_address(
         encoding="utf-8",
     )
     env = clean_env()
-    with (tmp_path / "daemon.stderr").open("wb") as stderr:
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "janitor", "run", "-c", str(config)],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
+    process = daemon(config, tmp_path / "daemon.stderr")
     try:
         healthy = wait_for(
             lambda: janitor("healthcheck", "-c", str(config), env=env).returncode == 0,
@@ -805,8 +798,8 @@ def test_healthcheck_follows_the_configured_listen_address(
         done = janitor("healthcheck", "-c", str(config), env=env)
         assert f"127.0.0.1:{port}/healthz" in done.stdout
     finally:
-        daemon.terminate()
-        daemon.wait(timeout=15)
+        process.terminate()
+        process.wait(timeout=15)
     stopped = janitor("healthcheck", "-c", str(config), env=env)
     assert stopped.returncode == 1
     assert "unhealthy" in stopped.stderr

@@ -143,23 +143,7 @@ def test_the_daemon_starts_serves_healthz_and_stops_cleanly_on_the_floors(
     """On the floors: the daemon listens, /healthz answers 200, and SIGTERM ends it with exit 0 and daemon_stopped."""
     config = write_config(tmp_path / "janitor.toml", redis_server.url)
     stderr_path = tmp_path / "daemon.stderr"
-    with stderr_path.open("wb") as stderr:
-        daemon = subprocess.Popen(
-            [
-                str(python_for(FLOORS)),
-                "-m",
-                "janitor",
-                "run",
-                "-c",
-                str(config),
-                "--log-format",
-                "json",
-            ],
-            env=cli.clean_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
+    daemon = cli.daemon(config, stderr_path, python=str(python_for(FLOORS)))
     try:
 
         def events() -> list[dict[str, Any]]:

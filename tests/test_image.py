@@ -125,14 +125,17 @@ def config(tmp_path: Path, name: str, server: RedisServer, port: int) -> Path:
 
 
 def run_in_image(
-    podman: list[str], cfg: Path, *args: str
+    podman: list[str], cfg: Path, *args: str, options: tuple[str, ...] = ("--rm",)
 ) -> subprocess.CompletedProcess[str]:
-    """``janitor ARGS`` in a read-only container on the host's network, with ``cfg`` as its config."""
+    """``janitor ARGS`` in a read-only container on the host's network, with ``cfg`` as its config.
+
+    ``options`` go to ``podman run``: by default the container goes when it ends.
+    """
     return _run(
         [
             *podman,
             "run",
-            "--rm",
+            *options,
             "--network",
             "host",
             "--read-only",
@@ -144,15 +147,15 @@ def run_in_image(
     )
 
 
-def healthz(port: int) -> int:
-    """The daemon's /healthz status code (0 when it does not answer)."""
+def healthz(port: int) -> tuple[int, bytes]:
+    """The daemon's /healthz status and body with its spaces taken out ((0, b"") when it does not answer)."""
     try:
         with urllib.request.urlopen(
             f"http://127.0.0.1:{port}/healthz", timeout=2
         ) as got:
-            return int(got.status)
+            return int(got.status), bytes(got.read()).replace(b" ", b"")
     except OSError:
-        return 0
+        return 0, b""
 
 
 def wait(predicate: object, timeout: float, what: str) -> None:
@@ -195,22 +198,8 @@ def test_daemon_health_user_stop_and_takeover(
     try:
         for name, port in zip(names, ports, strict=True):
             cfg = config(tmp_path, name, redis_server, port)
-            _run(
-                [
-                    *podman,
-                    "run",
-                    "-d",
-                    "--name",
-                    name,
-                    "--network",
-                    "host",
-                    "--read-only",
-                    "-v",
-                    f"{cfg}:/etc/rq-janitor/janitor.toml:ro,Z",
-                    IMAGE,
-                ]
-            )
-            wait(lambda port=port: healthz(port) == 200, 30, f"{name}'s /healthz")
+            run_in_image(podman, cfg, options=("-d", "--name", name))
+            wait(lambda port=port: healthz(port)[0] == 200, 30, f"{name}'s /healthz")
         first, second = names
         health = subprocess.run(
             [*podman, "healthcheck", "run", first],
@@ -227,7 +216,7 @@ def test_daemon_health_user_stop_and_takeover(
             check=False,
         )
         assert writable.returncode != 0  # a read-only root filesystem
-        leader = first if b'"leader":true' in _body(ports[0]) else second
+        leader = first if b'"leader":true' in healthz(ports[0])[1] else second
         stopped_port = ports[names.index(leader)]
         other_port = ports[1 - names.index(leader)]
         started = time.monotonic()
@@ -236,9 +225,9 @@ def test_daemon_health_user_stop_and_takeover(
         code = _run([*podman, "inspect", leader, "--format", "{{.State.ExitCode}}"])
         assert code.stdout.strip() == "0"
         assert took < 10
-        assert healthz(stopped_port) == 0
+        assert healthz(stopped_port)[0] == 0
         wait(
-            lambda: b'"leader":true' in _body(other_port),
+            lambda: b'"leader":true' in healthz(other_port)[1],
             20,
             "the other replica to lead",
         )
@@ -247,14 +236,3 @@ def test_daemon_health_user_stop_and_takeover(
             subprocess.run(
                 [*podman, "rm", "-f", name], capture_output=True, check=False
             )
-
-
-def _body(port: int) -> bytes:
-    """The /healthz body with its spaces taken out (b"" when it does not answer)."""
-    try:
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{port}/healthz", timeout=2
-        ) as got:
-            return bytes(got.read()).replace(b" ", b"")
-    except OSError:
-        return b""

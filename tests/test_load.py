@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -24,6 +22,7 @@ from janitor.config import RetentionSettings, Settings, WorkersSettings
 from janitor.engine import run_once
 from tests import funcs
 from tests.servers import RedisServer
+from tests.workers import rq_workers
 
 pytestmark = pytest.mark.slow
 
@@ -42,34 +41,8 @@ def workers(
     redis_server: RedisServer, r: redis.Redis
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
     """Two real forking `rq worker` processes with the scheduler, on all load queues."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "rq.cli",
-                "worker",
-                "--url",
-                redis_server.url,
-                "--with-scheduler",
-                *QUEUES,
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for _ in range(2)
-    ]
-    yield procs
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with rq_workers(redis_server.url, QUEUES, "--with-scheduler") as procs:
+        yield procs
 
 
 def janitor_pass(client: redis.Redis) -> list[dict[str, Any]]:

@@ -11,9 +11,7 @@ control). On Redis and on Valkey.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -28,8 +26,9 @@ from rq import Queue, SimpleWorker
 
 from janitor.memory import read_usage
 from tests import funcs
-from tests.cli import clean_env
+from tests.cli import daemon
 from tests.servers import RedisServer, find_server_binaries
+from tests.workers import rq_workers
 
 pytestmark = pytest.mark.slow
 
@@ -95,35 +94,8 @@ class Watch:
 @pytest.fixture
 def workers(small: RedisServer) -> Iterator[None]:
     """Two real ``rq worker`` processes (SimpleWorker class) on the producer's queue."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "rq.cli",
-                "worker",
-                "--url",
-                small.url,
-                "--worker-class",
-                "rq.worker.SimpleWorker",
-                "new",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for _ in range(2)
-    ]
-    yield
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with rq_workers(small.url, ["new"], "--worker-class", "rq.worker.SimpleWorker"):
+        yield
 
 
 def produce(client: redis.Redis) -> tuple[list[str], int]:
@@ -145,7 +117,7 @@ def produce(client: redis.Redis) -> tuple[list[str], int]:
     return ids, refused
 
 
-def daemon(server: RedisServer, workdir: Path) -> subprocess.Popen[bytes]:
+def start_janitor(server: RedisServer, workdir: Path) -> subprocess.Popen[bytes]:
     """The janitor daemon with a 75 % budget, checking memory every second."""
     config = workdir / "janitor.toml"
     config.write_text(
@@ -168,23 +140,7 @@ path = "{workdir / "audit.jsonl"}"
 """,
         encoding="utf-8",
     )
-    with (workdir / "janitor.stderr").open("wb") as stderr:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "janitor",
-                "run",
-                "-c",
-                str(config),
-                "--log-format",
-                "json",
-            ],
-            env=clean_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
+    return daemon(config, workdir / "janitor.stderr")
 
 
 def drained(client: redis.Redis, timeout: float) -> bool:
@@ -205,7 +161,7 @@ def test_budget_keeps_every_enqueue_working(small: RedisServer, tmp_path: Path) 
     """From 90 % full, the daemon gets under 75 %, and several thousand jobs later no enqueue was refused nor job lost."""
     client = small.client()
     fill(client, 0.9)
-    janitor = daemon(small, tmp_path)
+    janitor = start_janitor(small, tmp_path)
     try:
         deadline = time.monotonic() + 60
         while read_usage(client).used > 0.75 * MAXMEMORY:

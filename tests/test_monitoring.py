@@ -6,7 +6,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -15,20 +14,13 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cli import clean_env
+from janitor.config.settings import TASK_NAMES
+from tests.cli import daemon
 from tests.servers import RedisServer, free_port
 
 RULES = Path("deploy/prometheus/rq-janitor.rules.yml")
 RULE_TESTS = Path("deploy/prometheus/rq-janitor.tests.yml")
 DASHBOARD = Path("deploy/grafana/rq-janitor.json")
-TASKS = (
-    "expire_jobs",
-    "prune_workers",
-    "recover_abandoned",
-    "clean_registries",
-    "prune_queues",
-    "sweep_orphans",
-)
 NAME = re.compile(r"\bjanitor_[a-z_]+\b")
 PROMTOOL = shutil.which("promtool")
 
@@ -150,21 +142,14 @@ def test_every_metric_used_exists_on_a_daemon_that_ran_every_task(
     """A real daemon that ran every task once exposes every janitor metric the rules and the dashboard use."""
     port = free_port()
     config = tmp_path / "janitor.toml"
-    schedule = "".join(f'{task} = "every 1s"\n' for task in TASKS)
+    schedule = "".join(f'{task} = "every 1s"\n' for task in TASK_NAMES)
     config.write_text(
         f'[redis]\nurl = "{redis_server.url}"\n[http]\nlisten = "127.0.0.1:{port}"\n'
         f'[memory]\nbudget = "1GB"\n[schedule]\n{schedule}memory = "every 1s"\n'
         f'[audit]\npath = "{tmp_path / "audit.jsonl"}"\n',
         encoding="utf-8",
     )
-    with (tmp_path / "daemon.stderr").open("wb") as stderr:
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "janitor", "run", "-c", str(config)],
-            env=clean_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
+    process = daemon(config, tmp_path / "daemon.stderr")
     try:
         metrics = ""
         deadline = time.monotonic() + 30
@@ -180,7 +165,7 @@ def test_every_metric_used_exists_on_a_daemon_that_ran_every_task(
                 f'janitor_task_runs_total{{outcome="ok",task="{task}"}} 0.0'
                 not in metrics
                 and f'task="{task}"' in metrics
-                for task in TASKS
+                for task in TASK_NAMES
             )
             if ran and "janitor_redis_used_memory_bytes " in metrics:
                 break
@@ -188,8 +173,8 @@ def test_every_metric_used_exists_on_a_daemon_that_ran_every_task(
         else:
             pytest.fail(f"the daemon did not run every task: {metrics[-2000:]}")
     finally:
-        daemon.terminate()
-        daemon.wait(timeout=15)
+        process.terminate()
+        process.wait(timeout=15)
     exposed = exposed_names(metrics)
     assert unknown_metrics(rule_exprs(repo_root), exposed) == set()
     assert unknown_metrics(dashboard_exprs(repo_root), exposed) == set()
