@@ -10,6 +10,7 @@ from typing import Any
 
 import redis
 
+from janitor.actions import Action, Skip
 from janitor.audit import AuditLog
 from janitor.config import Settings
 from janitor.engine import RunReport, run_once
@@ -41,3 +42,14 @@ def run_tasks(  # noqa: PLR0913 - the engine's own keyword options, passed throu
     if must_succeed:
         assert report.failed_tasks == (), report
     return report, [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def apply_in_order(
+    client: redis.Redis, actions: Sequence[Action | Skip], now: float
+) -> list[bool]:
+    """Apply each planned write on its own, in plan order, as the engine would; return the outcomes."""
+    done = []
+    for action in actions:
+        if isinstance(action, Action) and action.write is not None:
+            done += type(action.write).apply_batch(client, [action.write], None, now)
+    return done

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, cast
 
@@ -26,7 +25,7 @@ from janitor.tasks.clean_registries import (
 )
 from tests import funcs
 from tests.clock import Clock
-from tests.engine_run import run_tasks
+from tests.engine_run import apply_in_order, run_tasks
 from tests.funcs import work
 from tests.rqenv import RQ_VERSIONS
 from tests.rqstate import Manifest, produce
@@ -89,17 +88,6 @@ def plan(client: redis.Redis, now: float) -> list[Action | Skip]:
     config = Settings()
     ctx = TaskContext(client, KEYS, config, now, QueueFilter.build(config.rq))
     return list(CleanRegistries().plan(ctx))
-
-
-def apply_in_order(
-    client: redis.Redis, actions: Sequence[Action | Skip], now: float
-) -> list[bool]:
-    """Apply each planned write on its own, in plan order, as the engine would; return the outcomes."""
-    done = []
-    for action in actions:
-        if isinstance(action, Action) and action.write is not None:
-            done += type(action.write).apply_batch(client, [action.write], None, now)
-    return done
 
 
 class TestHygiene:

@@ -17,7 +17,7 @@ from janitor.keyspace import Keyspace
 from janitor.report import build_report, explain, render_report
 from janitor.unlisted import confirm, find_unlisted, queue_of
 from tests import funcs
-from tests.engine_run import run_tasks
+from tests.engine_run import apply_in_order, run_tasks
 from tests.funcs import work
 from tests.rqenv import RQ_VERSIONS, python_for
 from tests.rqstate import LIVE, TERMINAL, produce
@@ -50,10 +50,8 @@ def events_of(events: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
 
 
 def apply(client: redis.Redis, actions: tuple[Action, ...]) -> None:
-    """Apply bookkeeping actions as the engine would."""
-    for action in actions:
-        assert action.write is not None
-        type(action.write).apply_batch(client, [action.write], None, time.time())
+    """Apply bookkeeping actions as the engine would; each one writes."""
+    assert len(apply_in_order(client, actions, time.time())) == len(actions)
 
 
 @pytest.mark.compat
