@@ -25,13 +25,14 @@ Reading only; what is written (the record, the cursor) is planned, never done he
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import cast
 
 import redis
 
 from janitor.actions import Action, SetJanitorMember, SetJanitorState
+from janitor.batches import chunks
 from janitor.keyspace import QUEUE_REGISTRIES, Keyspace, iter_queue_names
 
 KEYS_PER_RUN = 10_000
@@ -52,11 +53,6 @@ def queue_of(keys: Keyspace, key: bytes) -> bytes | None:
     return None if found is None else found[1]
 
 
-def _chunks(items: Sequence[bytes], size: int) -> Iterable[Sequence[bytes]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def confirm(client: redis.Redis, keys: Keyspace, names: Iterable[bytes]) -> list[bytes]:
     """The names among ``names`` that are unlisted queues still holding data, sorted.
 
@@ -66,7 +62,7 @@ def confirm(client: redis.Redis, keys: Keyspace, names: Iterable[bytes]) -> list
     unique = sorted(set(names))
     width = len(QUEUE_REGISTRIES) + 2
     found: list[bytes] = []
-    for chunk in _chunks(unique, PIPELINE):
+    for chunk in chunks(unique, PIPELINE):
         pipe = client.pipeline(transaction=False)
         for name in chunk:
             # redis-py types a member as str but sends bytes as they are

@@ -15,11 +15,12 @@ and a worker's ``queues`` and ``last_heartbeat`` are read; never a stream's entr
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 from janitor import dependencies, index_entries, liveness
+from janitor.batches import chunks
 from janitor.keyspace import to_text
 from janitor.report.queues import QueueReport, Scope
 from janitor.unlisted import queue_of
@@ -40,7 +41,6 @@ DEFERRED_LIMIT = 1_000
 INDEX_LIMIT = 10_000
 """Dead index entries counted at most, per index."""
 
-T = TypeVar("T")
 
 ADVICE = {
     "keys_without_ttl": "RQ never deletes these: canceled jobs, result_ttl=-1/failure_ttl=-1 jobs, "
@@ -73,11 +73,6 @@ ADVICE = {
     "for every queue in [rq] queues.",
 }
 """What to do about each kind of leak."""
-
-
-def _chunks(items: Sequence[T], size: int = PIPELINE) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 @dataclass(slots=True)
@@ -118,7 +113,7 @@ def read_workers(scope: Scope, queues: Sequence[QueueReport]) -> Workers:
                 listed.setdefault(member, set()).add(queue.name)
         found.exact &= not isinstance(size, int) or size <= SET_SAMPLE
     found.listed = set(listed)
-    for chunk in _chunks(list(listed)):
+    for chunk in chunks(list(listed), PIPELINE):
         _classify(scope, found, {key: listed[key] for key in chunk})
     return found
 
@@ -207,7 +202,7 @@ def check_keys(scope: Scope, result: ScanResult, known_workers: set[bytes]) -> N
         for found in result.candidates
         if found[0] != "worker" or found[1] not in known_workers
     ]
-    for chunk in _chunks(candidates):
+    for chunk in chunks(candidates, PIPELINE):
         _check_candidates(scope, result, chunk)
 
 
@@ -283,7 +278,7 @@ def _stuck_deferred(
     wanted = [(q.name, job_id) for q in queues for job_id in q.deferred]
     judged = wanted[:DEFERRED_LIMIT]
     found: list[tuple[str, dependencies.Deferred]] = []
-    for chunk in _chunks(judged, PIPELINE):
+    for chunk in chunks(judged, PIPELINE):
         names = {job_id: name for name, job_id in chunk}
         read = dependencies.read_deferred(
             scope.client, scope.keys, [job_id for _, job_id in chunk]

@@ -20,10 +20,10 @@ Queues outside the allowlist are neither read nor written.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import TypeVar
+from collections.abc import Iterator
 
 from janitor.actions import Action, PruneQueue, SetJanitorState, Skip
+from janitor.batches import chunks
 from janitor.keyspace import QUEUE_REGISTRIES, iter_queue_names, to_text
 from janitor.tasks.base import TaskContext
 
@@ -39,14 +39,6 @@ def state_ttl(prune_after: int) -> int:
     return 2 * prune_after + STATE_TTL_MARGIN_S
 
 
-T = TypeVar("T")
-
-
-def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 class PruneQueues:
     """Removes queues that have been empty everywhere for longer than the grace period."""
 
@@ -59,7 +51,7 @@ class PruneQueues:
             for name in iter_queue_names(ctx.client, ctx.keys)
             if ctx.allows_queue(to_text(name))
         ]
-        for chunk in _chunks(names, ctx.page_size):
+        for chunk in chunks(names, ctx.page_size):
             pipe = ctx.client.pipeline(transaction=False)
             for name in chunk:
                 pipe.exists(*queue_keys(ctx, name))

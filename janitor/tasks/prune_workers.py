@@ -34,9 +34,10 @@ from __future__ import annotations
 
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar, cast
+from typing import cast
 
 from janitor.actions import Action, PruneDeadWorker, SetJanitorState, Skip
+from janitor.batches import chunks
 from janitor.keyspace import iter_queue_names, to_text
 from janitor.liveness import HASH_EXPIRED, ZOMBIE, Recheck, judge_worker_keys
 from janitor.tasks.base import TaskContext
@@ -49,13 +50,6 @@ SCAN_CALLS_PER_PASS = 100
 """SCAN calls per pass (about 100k keys); a larger keyspace is covered over several passes."""
 CURSOR_TTL_S = 86_400
 """After a day without a pass, the SCAN starts over; the cursor is worthless by then."""
-
-T = TypeVar("T")
-
-
-def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +75,7 @@ class PruneWorkers:
         sets = yield from _worker_sets(ctx, found.sets)
         sets_of = yield from _memberships(ctx, sets)
         candidates = [*sets_of, *(h for h in found.hashes if h not in sets_of)]
-        for chunk in _chunks(candidates, ctx.page_size):
+        for chunk in chunks(candidates, ctx.page_size):
             yield from _judge(ctx, sets_of, chunk)
         if found.end != found.start:
             value = str(found.end).encode() if found.end else None
@@ -119,7 +113,7 @@ def _scan_slice(ctx: TaskContext) -> _ScanSlice:
             break
     sets: list[bytes] = []
     hashes: list[bytes] = []
-    for chunk in _chunks(hits, SCAN_COUNT):
+    for chunk in chunks(hits, SCAN_COUNT):
         pipe = ctx.client.pipeline(transaction=False)
         for key in chunk:
             pipe.type(key)
@@ -150,7 +144,7 @@ def _worker_sets(
             candidates.append(key)
     unique = list(dict.fromkeys(candidates))
     sets: list[bytes] = []
-    for chunk in _chunks(unique, ctx.page_size):
+    for chunk in chunks(unique, ctx.page_size):
         pipe = ctx.client.pipeline(transaction=False)
         for key in chunk:
             pipe.type(key)
@@ -168,7 +162,7 @@ def _members(ctx: TaskContext, sets: Sequence[bytes]) -> Iterator[tuple[bytes, b
 
     Per-queue sets hold a handful of members each, and actinia has a queue per job.
     """
-    for chunk in _chunks(sets, ctx.page_size):
+    for chunk in chunks(sets, ctx.page_size):
         pipe = ctx.client.pipeline(transaction=False)
         for key in chunk:
             pipe.sscan(key, 0, count=ctx.page_size)
