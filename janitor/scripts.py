@@ -930,6 +930,26 @@ local function field(key, name)
 end
 """
 
+
+def batch_loop_with_parents(head: Slots, item: Slots) -> str:
+    """``batch_loop`` for items each followed by ``nparents`` parents (``DeferredWrite``'s layout).
+
+    Also binds where the item's parents start: ``parents0`` in KEYS (a job hash each) and
+    ``pargs0`` in ARGV (an id and a planned status each), as ``parents_as_planned`` takes
+    them. The loop body ends with ``_PAST_PARENTS``, which moves ``k`` and ``a`` past them.
+    """
+    return batch_loop(head, item) + (
+        "\n  nparents = tonumber(nparents)\n"
+        f"  local parents0, pargs0 = k + {len(item.keys)}, a + {len(item.args)}\n"
+    )
+
+
+_PAST_PARENTS = """  k = parents0 + nparents
+  a = pargs0 + 2 * nparents
+"""
+"""Lua that ends a ``batch_loop_with_parents`` body: the next item starts past this one's parents."""
+
+
 STUCK_JOB = Slots(
     keys=("job", "dependencies", "deferred", "queue", "canceled"),
     args=("id", "allow", "score", "nparents"),
@@ -952,11 +972,7 @@ CANCEL_STUCK_JOBS = (
 -- Slots: BATCH_HEAD, then per job STUCK_JOB followed by its parents' job hashes (KEYS)
 -- and, per parent, its id and planned status (ARGV).
 """
-    + batch_loop(BATCH_HEAD, STUCK_JOB)
-    + f"""
-  nparents = tonumber(nparents)
-  local parents0, pargs0 = k + {len(STUCK_JOB.keys)}, a + {len(STUCK_JOB.args)}
-"""
+    + batch_loop_with_parents(BATCH_HEAD, STUCK_JOB)
     + """
   local done = 0
   if writable(dependencies, 'set') and writable(deferred, 'zset') and writable(queue, 'list')
@@ -971,9 +987,9 @@ CANCEL_STUCK_JOBS = (
     done = 1
   end
   out[j] = done
-  k = parents0 + nparents
-  a = pargs0 + 2 * nparents
-end
+"""
+    + _PAST_PARENTS
+    + """end
 return out
 """
 )
@@ -1007,11 +1023,7 @@ ENQUEUE_DEPENDENTS = (
 -- Slots: BATCH_HEAD, then per job DEPENDENT followed by its parents' job hashes (KEYS)
 -- and, per parent, its id and planned status (ARGV).
 """
-    + batch_loop(BATCH_HEAD, DEPENDENT)
-    + f"""
-  nparents = tonumber(nparents)
-  local parents0, pargs0 = k + {len(DEPENDENT.keys)}, a + {len(DEPENDENT.args)}
-"""
+    + batch_loop_with_parents(BATCH_HEAD, DEPENDENT)
     + """
   local ok = writable(trigger, 'set') and writable(dependencies, 'set')
     and writable(deferred, 'zset') and writable(queue, 'list')
@@ -1040,9 +1052,9 @@ ENQUEUE_DEPENDENTS = (
     done = 1
   end
   out[j] = done
-  k = parents0 + nparents
-  a = pargs0 + 2 * nparents
-end
+"""
+    + _PAST_PARENTS
+    + """end
 return out
 """
 )
