@@ -25,6 +25,13 @@ def ended_at(client: redis.Redis, job_id: str) -> float:
     return job.ended_at.timestamp()
 
 
+def leak(report: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The leak object of one kind."""
+    found: list[dict[str, Any]] = [i for i in report["leaks"] if i["kind"] == kind]
+    assert len(found) == 1, kind
+    return found[0]
+
+
 def json_examples() -> list[dict[str, Any]]:
     """The ```json blocks of docs/report.md: the report example, then the explain example."""
     blocks = re.findall(r"```json\n(.*?)```", DOCS.read_text(), flags=re.DOTALL)

@@ -17,6 +17,7 @@ from janitor.report import build_report
 from janitor.tasks.base import TaskContext
 from janitor.tasks.indexes import plan_indexes
 from tests.engine_run import run_tasks
+from tests.reports import leak
 from tests.rqenv import python_for
 from tests.servers import RedisServer
 from tests.snapshot import assert_unchanged, restore, snapshot
@@ -89,11 +90,9 @@ def test_entries_of_gone_groups_and_schedulers_go_as_rq_removes_them(
     r.zadd(KEYS.cron_schedulers(), {"dead-cron": old, "alive-cron": old}, xx=True)
     r.delete(KEYS.cron_scheduler("dead-cron"), KEYS.cron_scheduler("young-cron"))
     state = snapshot(r)
-    leaks = {
-        leak["kind"]: leak for leak in build_report(r, Settings(), time.time())["leaks"]
-    }
-    assert leaks["dead_index_entries"]["by_kind"] == {"groups": 1, "cron_schedulers": 1}
-    assert sorted(leaks["dead_index_entries"]["examples"]) == [
+    dead = leak(build_report(r, Settings(), time.time()), "dead_index_entries")
+    assert dead["by_kind"] == {"groups": 1, "cron_schedulers": 1}
+    assert sorted(dead["examples"]) == [
         "dead-cron",
         "dead-group",
     ]

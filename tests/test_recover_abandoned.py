@@ -16,6 +16,7 @@ from janitor.config import AbandonedSettings, RqSettings, Settings
 from janitor.keyspace import Keyspace
 from janitor.report import build_report
 from tests.engine_run import run_tasks
+from tests.reports import leak
 from tests.rqenv import RQ_VERSIONS, python_for
 from tests.rqstate import Manifest, produce
 from tests.servers import RedisServer
@@ -255,10 +256,7 @@ def test_dependents_that_allow_failure_run_after_the_janitor_fails_their_parent(
     manifest.work_burst(rq_version)
     assert r.hget(keys.job(allowed), "status") == b"finished"
     assert r.hget(keys.job(strict), "status") == b"deferred"
-    leaks = {
-        leak["kind"]: leak for leak in build_report(r, config, time.time())["leaks"]
-    }
-    stuck = leaks["stuck_deferred_jobs"]
+    stuck = leak(build_report(r, config, time.time()), "stuck_deferred_jobs")
     (failed_parent,) = manifest.ids("failed_parent")
     (its_child,) = manifest.ids("deferred_child")
     assert sorted(stuck["examples"]) == sorted(

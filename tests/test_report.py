@@ -28,7 +28,13 @@ from janitor.report.text import render_explain, render_report
 from tests import funcs
 from tests.cli import janitor
 from tests.funcs import work
-from tests.reports import SECRETS, assert_same_shape, ended_at, json_examples
+from tests.reports import (
+    SECRETS,
+    assert_same_shape,
+    ended_at,
+    json_examples,
+    leak,
+)
 from tests.rqenv import RQ_VERSIONS
 from tests.rqstate import Manifest, produce
 from tests.servers import RedisServer
@@ -74,13 +80,6 @@ def rows(report: dict[str, Any], queue: str = "default") -> dict[str, dict[str, 
     """The state rows of one queue, by state."""
     [found] = [q for q in report["queues"] if q["name"] == queue]
     return {row["state"]: row for row in found["states"]}
-
-
-def leak(report: dict[str, Any], kind: str) -> dict[str, Any]:
-    """The leak object of one kind."""
-    found: list[dict[str, Any]] = [i for i in report["leaks"] if i["kind"] == kind]
-    assert len(found) == 1, kind
-    return found[0]
 
 
 def codes(report: dict[str, Any]) -> dict[str, dict[str, Any]]:

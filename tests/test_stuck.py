@@ -15,6 +15,7 @@ from janitor.report import build_report
 from janitor.tasks.stuck import SECOND_LOOK_S
 from tests import funcs
 from tests.engine_run import run_tasks
+from tests.reports import leak
 from tests.snapshot import assert_unchanged, restore, snapshot
 
 KEYS = Keyspace()
@@ -112,10 +113,7 @@ def test_report_tells_why_each_deferred_job_never_runs(r: redis.Redis) -> None:
         r.lrem(KEYS.queue("work"), 0, job.id)
         r.delete(KEYS.job(job.id))
     assert both.get_status() == "deferred"
-    leaks = {
-        leak["kind"]: leak for leak in build_report(r, Settings(), time.time())["leaks"]
-    }
-    stuck = leaks["stuck_deferred_jobs"]
+    stuck = leak(build_report(r, Settings(), time.time()), "stuck_deferred_jobs")
     assert sorted(stuck["examples"]) == sorted(
         [
             f"work {both.id}: every parent is done, yet nothing will enqueue it",

@@ -19,6 +19,7 @@ from janitor.unlisted import confirm, find_unlisted, queue_of
 from tests import funcs
 from tests.engine_run import apply_in_order, run_tasks
 from tests.funcs import work
+from tests.reports import leak
 from tests.rqenv import RQ_VERSIONS, python_for
 from tests.rqstate import LIVE, TERMINAL, produce
 from tests.servers import RedisServer
@@ -299,10 +300,10 @@ class TestReport:
         assert by_name["kept"]["listed"] is True
         states = {s["state"]: s["count"] for s in by_name["gone"]["states"]}
         assert states == {"finished": 1, "failed": 1}
-        leaks = {leak["kind"]: leak for leak in report["leaks"]}
-        assert leaks["unlisted_queues"]["examples"] == ["gone"]
-        assert leaks["unlisted_queues"]["by_kind"]["failed"] == 1
-        assert leaks["interrupted_compactions"]["examples"] == [
+        unlisted = leak(report, "unlisted_queues")
+        assert unlisted["examples"] == ["gone"]
+        assert unlisted["by_kind"]["failed"] == 1
+        assert leak(report, "interrupted_compactions")["examples"] == [
             "rq:queue:_compact:5d1c"
         ]
         assert explained["queue_listed"] is False
