@@ -8,6 +8,7 @@ comes with how many were read (``read``) and whether that was all of them (``exa
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -239,7 +240,7 @@ def per_collection_budget(sizes: Iterable[dict[str, int]], limits: Limits) -> in
     return max(limits.per_collection_min, min(limits.per_collection_max, share))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # no slots: cached_property keeps ``hold`` in __dict__
 class Scope:
     """What reading queues needs: the client, key names, settings, time and bounds."""
 
@@ -248,18 +249,15 @@ class Scope:
     settings: Settings
     now: float
     limits: Limits = field(default_factory=Limits)
-    _hold: list[tuple[Waiting, int]] = field(default_factory=list)
 
-    @property
+    @functools.cached_property
     def hold(self) -> tuple[Waiting, int]:
         """The parents live jobs depend on (read once, within the read budget) and ``dependents_bound``."""
-        if not self._hold:
-            queues = iter_queue_names(self.client, self.keys)
-            waiting = read_waiting(
-                self.client, self.keys, queues, cap=self.limits.read_budget
-            )
-            self._hold.append((waiting, dependents_bound(self.settings.retention)))
-        return self._hold[0]
+        queues = iter_queue_names(self.client, self.keys)
+        waiting = read_waiting(
+            self.client, self.keys, queues, cap=self.limits.read_budget
+        )
+        return waiting, dependents_bound(self.settings.retention)
 
     @classmethod
     def build(
