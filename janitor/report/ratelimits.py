@@ -11,9 +11,10 @@ waiting jobs and the oldest one.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 from janitor.keyspace import to_text
+from janitor.rate_limits import concurrency, holds_slot, limit_names
 from janitor.report.queues import Scope
 
 MAX_KEYS = 1_000
@@ -25,15 +26,10 @@ MAX_ALLOWED = 1_000
 def rate_limits(scope: Scope) -> dict[str, Any]:
     """``{"count", "exact", "keys": [...]}`` as docs/report.md documents it."""
     client, keys = scope.client, scope.keys
-    if client.type(keys.rate_limit_keys()) != b"set":
+    names = limit_names(client, keys, MAX_KEYS)
+    if not names:  # Redis keeps no empty set: there are no limits
         return {"count": 0, "exact": True, "keys": []}
     count = client.scard(keys.rate_limit_keys())
-    names: list[bytes] = []
-    for member in client.sscan_iter(keys.rate_limit_keys(), count=1000):
-        if len(names) >= MAX_KEYS:
-            break
-        names.append(cast("bytes", member))
-    names.sort()
     pipe = client.pipeline(transaction=False)
     for name in names:
         pipe.hget(keys.rate_limit(name), "concurrency")
@@ -45,19 +41,18 @@ def rate_limits(scope: Scope) -> dict[str, Any]:
     for index, name in enumerate(names):
         raw, held, waiting, oldest = replies[4 * index : 4 * index + 4]
         allowed = held if isinstance(held, list) else []
-        concurrency = _int(raw)
+        most = concurrency(raw)
         waiting = waiting if isinstance(waiting, int) else 0
         stale = _stale(scope, allowed)
         first = oldest[0][1] if isinstance(oldest, list) and oldest else None
         found.append(
             {
                 "key": to_text(name),
-                "concurrency": concurrency,
+                "concurrency": most,
                 "allowed": len(allowed),
                 "waiting": waiting,
                 "stale": stale,
-                "starved": bool(waiting)
-                and (len(allowed) - stale < (concurrency or 0)),
+                "starved": bool(waiting) and (len(allowed) - stale < (most or 0)),
                 "oldest_waiting_age_s": (
                     None if first is None else round(scope.now - float(first), 3)
                 ),
@@ -67,20 +62,10 @@ def rate_limits(scope: Scope) -> dict[str, Any]:
 
 
 def _stale(scope: Scope, allowed: list[bytes]) -> int:
-    """Slots held by jobs that are neither queued nor started: leaked (RQ's ``_release_stale_allowed_jobs``)."""
+    """Slots held by jobs that do not hold them (``rate_limits.holds_slot``): leaked."""
     pipe = scope.client.pipeline(transaction=False)
     for job_id in allowed:
         pipe.hget(scope.keys.job(job_id), "status")
     return sum(
-        1
-        for status in pipe.execute(raise_on_error=False)
-        if status not in (b"queued", b"started")
+        1 for status in pipe.execute(raise_on_error=False) if not holds_slot(status)
     )
-
-
-def _int(raw: object) -> int | None:
-    """An integer field as RQ writes it, or None."""
-    try:
-        return int(cast("bytes", raw))
-    except (TypeError, ValueError):
-        return None

@@ -33,14 +33,13 @@ from janitor import scripts
 from janitor.actions import Action, Arg, ScriptBatch
 from janitor.jobs import format_rq_time
 from janitor.keyspace import to_text
+from janitor.rate_limits import concurrency, holds_slot, limit_names
 from janitor.tasks.base import TaskContext
 
 MAX_LIMITS = 1_000
 """Rate-limit keys handled per run."""
 MAX_ENTRIES = 1_000
 """Allowed and waiting entries read per limit and run."""
-HOLDING = (b"queued", b"started")
-"""The statuses that legitimately hold a slot (``_release_stale_allowed_jobs``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,11 +157,7 @@ def _fields(
 
 
 def _concurrency(ctx: TaskContext, key: bytes) -> int:
-    raw = ctx.client.hget(ctx.keys.rate_limit(key), "concurrency")
-    try:
-        return int(cast("bytes", raw)) if raw else 0
-    except (TypeError, ValueError):
-        return 0
+    return concurrency(ctx.client.hget(ctx.keys.rate_limit(key), "concurrency")) or 0
 
 
 def plan_release(
@@ -182,18 +177,7 @@ def plan_release(
 
 def plan_limits(ctx: TaskContext, task: str) -> Iterator[Action]:
     """``RateLimitRegistry.cleanup()`` for every limit: release stale slots, promote, forget empty limits."""
-    keys = ctx.keys
-    if ctx.client.type(keys.rate_limit_keys()) != b"set":
-        return
-    names = sorted(
-        cast("bytes", name)
-        for _, name in zip(
-            range(MAX_LIMITS),
-            ctx.client.sscan_iter(keys.rate_limit_keys(), count=1000),
-            strict=False,
-        )
-    )
-    for name in names:
+    for name in limit_names(ctx.client, ctx.keys, MAX_LIMITS):
         yield from _plan_limit(ctx, task, name)
 
 
@@ -208,7 +192,7 @@ def _plan_limit(ctx: TaskContext, task: str, key: bytes) -> Iterator[Action]:
     for job_id, (status, origin) in zip(
         allowed, _fields(ctx, allowed, ("status", "origin")), strict=True
     ):
-        if status in HOLDING:
+        if holds_slot(status):
             holding += 1
         elif origin is not None and not ctx.allows_queue(to_text(origin)):
             holding += 1  # not ours to release
