@@ -26,6 +26,7 @@ from typing import cast
 
 import redis
 
+from janitor.batches import chunks
 from janitor.jobs import FieldError, parse_rq_time
 from janitor.keyspace import Keyspace
 
@@ -109,9 +110,8 @@ def read_workers(
 ) -> dict[bytes, WorkerFacts]:
     """Read the facts ``judge`` needs for each named worker, a chunk per round trip or two."""
     facts: dict[bytes, WorkerFacts] = {}
-    unique = list(dict.fromkeys(names))
-    for start in range(0, len(unique), _CHUNK):
-        facts.update(_read_chunk(client, keys, unique[start : start + _CHUNK]))
+    for chunk in chunks(list(dict.fromkeys(names)), _CHUNK):
+        facts.update(_read_chunk(client, keys, chunk))
     return facts
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 
+from janitor.batches import chunks
 from janitor.config import TERMINAL_STATES, Settings
 from janitor.config.values import format_duration
 from janitor.dependencies import (
@@ -215,8 +216,7 @@ def collection_sizes(
 ) -> list[dict[str, int]]:
     """LLEN / ZCARD of each collection of each queue (a key of the wrong type counts as empty)."""
     sizes: list[dict[str, int]] = []
-    for start in range(0, len(names), SIZES_PER_PIPELINE):
-        chunk = names[start : start + SIZES_PER_PIPELINE]
+    for chunk in chunks(names, SIZES_PER_PIPELINE):
         pipe = client.pipeline(transaction=False)
         for name in chunk:
             for kind in kinds:

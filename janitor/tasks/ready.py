@@ -25,6 +25,7 @@ from typing import ClassVar, cast
 
 from janitor import scripts
 from janitor.actions import Action, Arg, ScriptBatch, Skip
+from janitor.batches import chunks
 from janitor.jobs import format_rq_time
 from janitor.keyspace import to_text
 from janitor.tasks.base import TaskContext
@@ -101,8 +102,8 @@ def plan_ready(
             score_cast_func=bytes,
         ),
     )
-    for start in range(0, len(entries), ctx.page_size):
-        yield from _page(ctx, task, queue, entries[start : start + ctx.page_size])
+    for page in chunks(entries, ctx.page_size):
+        yield from _page(ctx, task, queue, page)
 
 
 def _page(

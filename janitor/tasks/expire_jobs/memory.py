@@ -27,6 +27,7 @@ import redis
 
 from janitor.actions import Action, DeleteJob, Skip
 from janitor.audit import get_logger
+from janitor.batches import chunks
 from janitor.jobs import format_rq_time
 from janitor.leader import Fence
 from janitor.memory import RULE, budget_bytes, read_usage, target
@@ -139,8 +140,7 @@ def _rounds(
         if not jobs:
             return
         jobs.sort(key=lambda job: job.ended)
-        for start in range(0, len(jobs), BATCH):
-            batch = jobs[start : start + BATCH]
+        for batch in chunks(jobs, BATCH):
             for job in batch:
                 yield from job.actions
             yield Barrier()
