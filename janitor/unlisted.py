@@ -31,9 +31,10 @@ from typing import cast
 
 import redis
 
-from janitor.actions import Action, SetJanitorMember, SetJanitorState
+from janitor.actions import Action, SetJanitorMember
 from janitor.batches import chunks
 from janitor.keyspace import QUEUE_REGISTRIES, Keyspace, iter_queue_names
+from janitor.scan import ResumableScan
 
 KEYS_PER_RUN = 10_000
 """Keyspace entries the SCAN visits per call (the sum of its COUNT hints)."""
@@ -116,19 +117,15 @@ def find_unlisted(
         )
     )
     recorded = set(scores)
-    raw = cast("bytes | None", client.get(cursor_key))
-    start = int(raw) if raw is not None and raw.isdigit() else 0
-    cursor, budget, seen = start, keys_per_run, set[bytes]()
-    while budget > 0:
-        count = min(SCAN_COUNT, budget)
-        cursor, page = client.scan(cursor, match=keys.glob("*"), count=count)
-        budget -= count
-        for key in cast("list[bytes]", page):
-            name = queue_of(keys, key)
-            if name is not None:
-                seen.add(name)
-        if cursor == 0:
-            break
+    scan = ResumableScan(
+        client, cursor_key, keys.glob("*"), budget=keys_per_run, count=SCAN_COUNT
+    )
+    seen = {
+        name
+        for page in scan.pages()
+        for key in page
+        if (name := queue_of(keys, key)) is not None
+    }
     names = confirm(client, keys, recorded | seen)
     actions: list[Action] = []
     # names recorded more than a day ago are recorded again, so the record's TTL lasts
@@ -140,10 +137,8 @@ def find_unlisted(
         Action(task, None, {}, SetJanitorMember(record_key, name, None, 0))
         for name in sorted(recorded - set(names))
     )
-    if cursor != start:
-        value = str(cursor).encode() if cursor else None
-        state = SetJanitorState(cursor_key, value, RECORD_TTL_S)
-        actions.append(Action(task, None, {"cursor": cursor}, state))
+    if state := scan.save(RECORD_TTL_S):
+        actions.append(Action(task, None, {"cursor": scan.cursor}, state))
     return Unlisted(tuple(names), tuple(actions))
 
 

@@ -36,10 +36,11 @@ from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
-from janitor.actions import Action, PruneDeadWorker, SetJanitorState, Skip
+from janitor.actions import Action, PruneDeadWorker, Skip
 from janitor.batches import chunks
 from janitor.keyspace import iter_queue_names, to_text
 from janitor.liveness import HASH_EXPIRED, ZOMBIE, Recheck, judge_worker_keys
+from janitor.scan import ResumableScan
 from janitor.tasks.base import TaskContext
 
 NAME = "prune_workers"
@@ -54,10 +55,9 @@ CURSOR_TTL_S = 86_400
 
 @dataclass(frozen=True, slots=True)
 class _ScanSlice:
-    """What one pass's share of the keyspace SCAN found, and where it started and stopped."""
+    """What one pass's share of the keyspace SCAN found, and the SCAN (where it stopped)."""
 
-    start: int
-    end: int
+    scan: ResumableScan
     sets: tuple[bytes, ...]
     """Per-queue worker sets (type set)."""
     hashes: tuple[bytes, ...]
@@ -77,9 +77,7 @@ class PruneWorkers:
         candidates = [*sets_of, *(h for h in found.hashes if h not in sets_of)]
         for chunk in chunks(candidates, ctx.page_size):
             yield from _judge(ctx, sets_of, chunk)
-        if found.end != found.start:
-            value = str(found.end).encode() if found.end else None
-            state = SetJanitorState(ctx.keys.worker_scan_cursor(), value, CURSOR_TTL_S)
+        if state := found.scan.save(CURSOR_TTL_S):
             yield Action(NAME, None, {}, state)
 
 
@@ -101,16 +99,14 @@ def _scan_slice(ctx: TaskContext) -> _ScanSlice:
     One pattern covers both ``rq:workers:<q>`` and ``rq:worker:<w>``; TYPE tells a
     worker hash from RQ 3's ``rq:worker:<w>:executions`` set (never the name).
     """
-    raw = cast("bytes | None", ctx.client.get(ctx.keys.worker_scan_cursor()))
-    start = int(raw) if raw is not None and raw.isdigit() else 0
-    cursor, hits = start, []
-    for _ in range(SCAN_CALLS_PER_PASS):
-        cursor, page = ctx.client.scan(
-            cursor=cursor, match=ctx.keys.glob("worker*"), count=SCAN_COUNT
-        )
-        hits += cast("list[bytes]", page)
-        if cursor == 0:
-            break
+    scan = ResumableScan(
+        ctx.client,
+        ctx.keys.worker_scan_cursor(),
+        ctx.keys.glob("worker*"),
+        budget=SCAN_CALLS_PER_PASS * SCAN_COUNT,
+        count=SCAN_COUNT,
+    )
+    hits = [key for page in scan.pages() for key in page]
     sets: list[bytes] = []
     hashes: list[bytes] = []
     for chunk in chunks(hits, SCAN_COUNT):
@@ -122,7 +118,7 @@ def _scan_slice(ctx: TaskContext) -> _ScanSlice:
                 sets.append(key)
             elif kind == b"hash" and ctx.keys.worker_name_from_key(key):
                 hashes.append(key)
-    return _ScanSlice(start, int(cursor), tuple(sets), tuple(hashes))
+    return _ScanSlice(scan, tuple(sets), tuple(hashes))
 
 
 def _worker_sets(

@@ -44,7 +44,7 @@ from typing import ClassVar, cast
 import redis
 
 from janitor import scripts
-from janitor.actions import Action, Arg, ScriptBatch, SetJanitorState, Skip
+from janitor.actions import Action, Arg, ScriptBatch, Skip
 from janitor.jobs import (
     MAX_CHILDREN_CHECKED,
     TERMINAL_RAW,
@@ -52,6 +52,7 @@ from janitor.jobs import (
     parse_rq_time,
 )
 from janitor.keyspace import Keyspace, id_in, to_text
+from janitor.scan import ResumableScan
 from janitor.tasks.base import TaskContext
 
 NAME = "sweep_orphans"
@@ -121,25 +122,20 @@ class SweepOrphans:
 
     def plan(self, ctx: TaskContext) -> Iterator[Action | Skip]:
         """Yield ``orphan_deleted`` actions for this run's slice of the SCAN, then the cursor."""
-        state_key = ctx.keys.orphan_scan_cursor()
-        raw = cast("bytes | None", ctx.client.get(state_key))
-        start = int(raw) if raw is not None and raw.isdigit() else 0
-        cursor, budget, seen = start, self.keys_per_run, set[bytes]()
-        while budget > 0:
-            count = min(ctx.page_size, budget)
-            cursor, page = ctx.client.scan(
-                cursor, match=ctx.keys.glob("*"), count=count
-            )
-            budget -= count
-            fresh = [key for key in cast("list[bytes]", page) if key not in seen]
+        scan = ResumableScan(
+            ctx.client,
+            ctx.keys.orphan_scan_cursor(),
+            ctx.keys.glob("*"),
+            budget=self.keys_per_run,
+            count=ctx.page_size,
+        )
+        seen = set[bytes]()
+        for page in scan.pages():
+            fresh = [key for key in page if key not in seen]
             seen.update(fresh)  # SCAN may return a key twice
             yield from _plan_page(ctx, fresh)
-            if cursor == 0:
-                break
-        if cursor != start:
-            value = str(cursor).encode() if cursor else None
-            state = SetJanitorState(state_key, value, CURSOR_TTL_S)
-            yield Action(NAME, None, {"cursor": cursor}, state)
+        if state := scan.save(CURSOR_TTL_S):
+            yield Action(NAME, None, {"cursor": scan.cursor}, state)
 
 
 def _plan_page(ctx: TaskContext, page: Sequence[bytes]) -> Iterator[Action | Skip]:
